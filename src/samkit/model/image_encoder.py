@@ -1,0 +1,130 @@
+"""The ViT image encoder of SAM (ViT-B/L/H), with attention through SDPA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import MLPBlock, from_windows, make_neck, pad_to_windows, to_windows
+
+# Query rows per chunk in global attention: bounds the bias held at once to
+# heads * rows * W * (H * W) values instead of the whole (H * W)^2 matrix.
+GLOBAL_ATTENTION_ROWS = 8
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Sizes of a SAM ViT image encoder."""
+
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = field(default=(2, 5, 8, 11))
+
+
+class RelPosAttention(nn.Module):
+    """Multi-head attention with SAM's decomposed relative position terms."""
+
+    def __init__(self, dim: int, num_heads: int, grid: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+        offsets = torch.arange(grid)[:, None] - torch.arange(grid)[None, :] + grid - 1
+        self.register_buffer("rel_index", offsets, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, dim = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).reshape(b, h * w, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        rh = self.rel_pos_h[self.rel_index].to(q.dtype)
+        rw = self.rel_pos_w[self.rel_index].to(q.dtype)
+        q_grid = q.reshape(b, heads, h, w, -1)
+        rows = h if h * w <= 1024 else GLOBAL_ATTENTION_ROWS
+        out = []
+        for r0 in range(0, h, rows):
+            qc = q_grid[:, :, r0 : r0 + rows]
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", qc, rh[r0 : r0 + rows])
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", qc, rw)
+            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, -1, h * w)
+            out.append(F.scaled_dot_product_attention(qc.reshape(b, heads, -1, q.shape[-1]), k, v, attn_mask=bias))
+        x = torch.cat(out, dim=2) if len(out) > 1 else out[0]
+        x = x.transpose(1, 2).reshape(b, h, w, dim)
+        return self.proj(x)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block with windowed or global attention."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, window_size: int, grid: int) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = RelPosAttention(dim, num_heads, window_size if window_size > 0 else grid)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1:3]
+            x, ph, pw = pad_to_windows(x, self.window_size)
+            x = self.attn(to_windows(x, self.window_size))
+            x = from_windows(x, self.window_size, ph, pw)[:, :h, :w]
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches to channels-last tokens."""
+
+    def __init__(self, patch_size: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM's ViT encoder: (B, 3, S, S) normalised image -> (B, out_chans, S/16, S/16)."""
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.img_size = config.img_size
+        grid = config.img_size // config.patch_size
+        self.patch_embed = PatchEmbed(config.patch_size, config.embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, config.embed_dim))
+        self.blocks = nn.ModuleList(
+            ViTBlock(
+                config.embed_dim,
+                config.num_heads,
+                config.mlp_ratio,
+                0 if i in config.global_attn_indexes else config.window_size,
+                grid,
+            )
+            for i in range(config.depth)
+        )
+        self.neck = make_neck(config.embed_dim, config.out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))

@@ -1,0 +1,107 @@
+"""Mask decoder: image embedding + prompt embeddings -> mask logits and IoU predictions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .common import LayerNorm2d
+from .transformer import ImageContext, TwoWayTransformer
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        outs = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, outs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+class MaskDecoder(nn.Module):
+    """Predicts 1 + ``num_multimask_outputs`` masks and their IoU for each prompt."""
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def prepare(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, no_mask_dense: torch.Tensor) -> ImageContext:
+        """Precompute what the decoder needs of one image when no mask prompt is given."""
+        return self.transformer.prepare(image_embeddings + no_mask_dense, image_pe)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor | None,
+        multimask_output: bool,
+        context: ImageContext | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res mask logits (B, C, 4h, 4w) and IoU predictions (B, C); C is 3 or 1.
+
+        ``context`` (from :meth:`prepare`) replaces ``dense_prompt_embeddings``
+        when the prompt has no mask.
+        """
+        masks, iou = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, context
+        )
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou[:, selected]
+
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor | None,
+        context: ImageContext | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and IoU of all mask tokens (single-mask token first)."""
+        batch = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        if context is None:
+            src = image_embeddings + dense_prompt_embeddings
+            hs, keys = self.transformer(src, image_pe, tokens)
+        else:
+            hs, keys = self.transformer(None, None, tokens, context)
+        h, w = image_embeddings.shape[-2:]
+        src = keys.transpose(1, 2).reshape(batch, self.transformer_dim, h, w)
+        upscaled = self.output_upscaling(src)
+        hyper_in = torch.stack(
+            [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, uh, uw = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+        return masks, self.iou_prediction_head(hs[:, 0])
