@@ -10,9 +10,9 @@ from torch import nn
 
 from .common import MLPBlock, from_windows, make_neck, pad_to_windows, to_windows
 
-# Query rows per chunk in global attention: bounds the bias held at once to
-# heads * rows * W * (H * W) values instead of the whole (H * W)^2 matrix.
-GLOBAL_ATTENTION_ROWS = 8
+# Bias elements held at once: global attention over 64x64 tokens runs a few query
+# rows at a time, so no (4096 x 4096) matrix per head is ever built.
+SCORES_PER_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,33 @@ class RelPosAttention(nn.Module):
         q, k, v = qkv.unbind(0)
         rh = self.rel_pos_h[self.rel_index].to(q.dtype)
         rw = self.rel_pos_w[self.rel_index].to(q.dtype)
-        q_grid = q.reshape(b, heads, h, w, -1)
-        rows = h if h * w <= 1024 else GLOBAL_ATTENTION_ROWS
-        out = []
+        q_grid = q.view(b, heads, h, w, -1)
+        limit = max(1, SCORES_PER_CHUNK // (b * heads * w * h * w))
+        rows = max(r for r in range(1, h + 1) if h % r == 0 and r <= limit)
+        # PyTorch's CPU attention kernel runs bfloat16 no faster than float32;
+        # explicit bfloat16 matrix products with the bias added in place do.
+        explicit = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        if explicit:
+            keys_t = k.transpose(-1, -2)
+            q_scaled = (q * q.shape[-1] ** -0.5).view(b, heads, h, w, -1)
+        out = torch.empty_like(q)
+        scores = q.new_empty(b, heads, rows * w, h * w)
+        grid = scores.view(b, heads, rows, w, h, w)
         for r0 in range(0, h, rows):
-            qc = q_grid[:, :, r0 : r0 + rows]
-            rel_h = torch.einsum("bnhwc,hkc->bnhwk", qc, rh[r0 : r0 + rows])
-            rel_w = torch.einsum("bnhwc,wkc->bnhwk", qc, rw)
-            bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, heads, -1, h * w)
-            out.append(F.scaled_dot_product_attention(qc.reshape(b, heads, -1, q.shape[-1]), k, v, attn_mask=bias))
-        x = torch.cat(out, dim=2) if len(out) > 1 else out[0]
-        x = x.transpose(1, 2).reshape(b, h, w, dim)
+            r1 = r0 + rows
+            qc = q_grid[:, :, r0:r1]
+            rel_h = torch.einsum("bnhwc,hkc->bnhwk", qc, rh[r0:r1]).contiguous()
+            rel_w = torch.einsum("bnhwc,wkc->bnhwk", qc, rw).contiguous()
+            if explicit:
+                torch.matmul(q_scaled[:, :, r0:r1].reshape(b, heads, rows * w, -1), keys_t, out=scores)
+                grid.add_(rel_h[..., :, None]).add_(rel_w[..., None, :])
+                out[:, :, r0 * w : r1 * w] = torch.softmax(scores, dim=-1) @ v
+            else:
+                torch.add(rel_h[..., :, None], rel_w[..., None, :], out=grid)
+                out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(
+                    qc.reshape(b, heads, rows * w, -1), k, v, attn_mask=scores
+                )
+        x = out.transpose(1, 2).reshape(b, h, w, dim)
         return self.proj(x)
 
 

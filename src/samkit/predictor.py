@@ -1,0 +1,258 @@
+"""Embed an image once, then answer prompts fast: the ``SamPredictor`` of samkit."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .device import resolve_precision
+from .errors import ImageError, NoImageError, PromptError
+from .model import ImageContext, Sam
+from .preprocess import to_rgb_uint8
+from .transforms import MaskUpsampler, input_shape, resize_longest_side, scale_coords
+
+
+class Predictor:
+    """Mirrors ``segment_anything.SamPredictor``; accepts any image ``samkit.preprocess`` accepts.
+
+    ``precision="auto"`` runs the image encoder in bfloat16 where the
+    hardware has native support and float32 elsewhere; ``"fp32"`` forces
+    float32. Prompt encoding and mask decoding always run in float32.
+    """
+
+    def __init__(self, model: Sam, precision: str = "auto") -> None:
+        self.model = model.eval()
+        self.encoder_dtype = resolve_precision(precision, self.device)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image and its embedding."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_size: tuple[int, int] | None = None
+        self.input_size: tuple[int, int] | None = None
+        self._context: ImageContext | None = None
+        self._dense_pe: torch.Tensor | None = None
+        self._upsample: MaskUpsampler | None = None
+
+    def set_image(
+        self,
+        image: np.ndarray,
+        image_format: str = "RGB",
+        *,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: tuple[float, float] | None = None,
+    ) -> None:
+        """Compute the embedding of ``image`` (any dtype and channel layout, see ``to_rgb_uint8``)."""
+        if image_format not in ("RGB", "BGR"):
+            raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
+        rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+        if image_format != self.model.image_format:
+            rgb = rgb[..., ::-1]
+        resized = resize_longest_side(np.ascontiguousarray(rgb), self.model.img_size)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
+        self.set_torch_image(tensor, rgb.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
+        """Embed a (1, 3, h, w) image already resized so its longest side is the model's input size."""
+        size = self.model.img_size
+        if transformed_image.ndim != 4 or transformed_image.shape[1] != 3 or max(transformed_image.shape[2:]) != size:
+            raise ImageError(
+                f"set_torch_image takes a (1, 3, h, w) tensor with max(h, w) == {size}; got shape "
+                f"{tuple(transformed_image.shape)}. Use set_image for an ordinary image."
+            )
+        self.reset_image()
+        x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
+        encoder = self.model.image_encoder
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == torch.bfloat16):
+            features = encoder(x)
+        self._use_features(features.float(), tuple(original_image_size), tuple(transformed_image.shape[-2:]))
+
+    def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, int]) -> None:
+        """Restore an embedding from :meth:`get_image_embedding` for an image of ``original_size`` (H, W)."""
+        grid = self.model.prompt_encoder.image_embedding_size
+        expected = (1, self.model.prompt_encoder.embed_dim, *grid)
+        embedding = torch.as_tensor(embedding)
+        if tuple(embedding.shape) != expected:
+            raise ImageError(
+                f"The embedding has shape {tuple(embedding.shape)} but this model makes {expected}: "
+                "it was computed with another model."
+            )
+        if len(original_size) != 2 or min(original_size) < 1:
+            raise ImageError(f"original_size must be the image's (height, width); got {original_size!r}.")
+        h, w = (int(s) for s in original_size)
+        self.reset_image()
+        self._use_features(
+            embedding.to(self.device, torch.float32), (h, w), input_shape(h, w, self.model.img_size)
+        )
+
+    @torch.inference_mode()
+    def _use_features(self, features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> None:
+        model = self.model
+        self.features = features
+        self.original_size = original_size
+        self.input_size = input_size
+        self._dense_pe = model.prompt_encoder.get_dense_pe()
+        no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        self._context = model.mask_decoder.prepare(features, self._dense_pe, no_mask)
+        low_res = model.prompt_encoder.mask_input_size[0]
+        self._upsample = MaskUpsampler(low_res, model.img_size, input_size, original_size, self.device)
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image embedding, (1, C, h, w)."""
+        self._require_image()
+        return self.features
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise NoImageError("No image is set: call set_image(image) before asking for masks or the embedding.")
+
+    def _check_prompts(
+        self,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        if point_coords is not None:
+            point_coords = np.asarray(point_coords, dtype=np.float64)
+            if point_coords.ndim == 1 and point_coords.shape == (2,):
+                point_coords = point_coords[None]
+            if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_coords) == 0:
+                raise PromptError(f"point_coords must be (N, 2) x, y pixels; got shape {point_coords.shape}.")
+            if not np.isfinite(point_coords).all():
+                raise PromptError("point_coords contain NaN or inf: give finite pixel coordinates.")
+            if point_labels is None:
+                raise PromptError("point_labels are missing: give one label per point (1 positive, 0 negative).")
+            point_labels = np.asarray(point_labels).reshape(-1)
+            if len(point_labels) != len(point_coords):
+                raise PromptError(
+                    f"{len(point_coords)} points but {len(point_labels)} labels: give one label per point."
+                )
+            if not np.isin(point_labels, (0, 1)).all():
+                raise PromptError(f"point_labels must be 1 (positive) or 0 (negative); got {np.unique(point_labels)}.")
+            self._warn_outside(point_coords, "point")
+        elif point_labels is not None:
+            raise PromptError("point_labels were given without point_coords: give both or neither.")
+        if box is not None:
+            box = np.asarray(box, dtype=np.float64)
+            if box.shape not in ((4,), (1, 4)):
+                raise PromptError(
+                    f"box must be one (x0, y0, x1, y1) box, shape (4,); got shape {box.shape}. "
+                    "For many boxes use predict_torch."
+                )
+            box = box.reshape(4)
+            if not np.isfinite(box).all():
+                raise PromptError("box contains NaN or inf: give finite pixel coordinates.")
+            if box[2] < box[0] or box[3] < box[1]:
+                raise PromptError(f"box {box.tolist()} has x1 < x0 or y1 < y0: give (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1.")
+            self._warn_outside(box.reshape(2, 2), "box corner")
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, dtype=np.float32)
+            size = self.model.prompt_encoder.mask_input_size
+            if mask_input.shape == size:
+                mask_input = mask_input[None]
+            if mask_input.shape != (1, *size):
+                raise PromptError(
+                    f"mask_input must be low-res logits of shape (1, {size[0]}, {size[1]}) such as the third output "
+                    f"of a previous predict; got shape {mask_input.shape}."
+                )
+        if point_coords is None and box is None and mask_input is None:
+            warnings.warn("No prompt given: the masks answer an empty prompt.", stacklevel=3)
+        return point_coords, point_labels, box, mask_input
+
+    def _warn_outside(self, coords: np.ndarray, what: str) -> None:
+        h, w = self.original_size
+        outside = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
+        if outside.any():
+            warnings.warn(
+                f"{int(outside.sum())} {what}(s) lie outside the {w}x{h} image; they are used as given.",
+                stacklevel=4,
+            )
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (C, H, W), predicted IoU (C,) and low-res logits (C, 256, 256) for one prompt.
+
+        Points are (N, 2) x, y pixels with labels 1 (positive) or 0 (negative);
+        the box is (x0, y0, x1, y1); ``mask_input`` is low-res logits from a
+        previous call. C is 3 with ``multimask_output`` and 1 without.
+        """
+        self._require_image()
+        point_coords, point_labels, box, mask_input = self._check_prompts(point_coords, point_labels, box, mask_input)
+
+        def tensor(array: np.ndarray | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return None if array is None else torch.as_tensor(array, dtype=dtype, device=self.device)[None]
+
+        coords = None
+        if point_coords is not None:
+            coords = scale_coords(point_coords, self.original_size, self.input_size)
+        boxes = None if box is None else scale_coords(box.reshape(2, 2), self.original_size, self.input_size).reshape(4)
+        masks, iou, low_res = self.predict_torch(
+            tensor(coords, torch.float32),
+            tensor(point_labels, torch.int64),
+            tensor(boxes, torch.float32),
+            tensor(mask_input, torch.float32),
+            multimask_output=multimask_output,
+            return_logits=return_logits,
+        )
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch of prompts already in the model's input frame.
+
+        ``point_coords`` (B, N, 2), ``point_labels`` (B, N) (-1 pads),
+        ``boxes`` (B, 4), ``mask_input`` (B, 1, 256, 256). Returns masks
+        (B, C, H, W), IoU (B, C) and low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise PromptError("Give point_coords and point_labels together, or neither.")
+        if point_coords is not None and (
+            point_coords.ndim != 3 or point_coords.shape[-1] != 2 or point_labels.shape != point_coords.shape[:2]
+        ):
+            raise PromptError(
+                f"point_coords must be (B, N, 2) and point_labels (B, N); got {tuple(point_coords.shape)} "
+                f"and {tuple(point_labels.shape)}."
+            )
+        if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
+            raise PromptError(f"boxes must be (B, 4) x0, y0, x1, y1; got shape {tuple(boxes.shape)}.")
+        model = self.model
+        points = None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
+        boxes = None if boxes is None else boxes.to(self.device)
+        mask_input = None if mask_input is None else mask_input.to(self.device, torch.float32)
+        sparse, dense = model.prompt_encoder(points, boxes, mask_input)
+        context = self._context if mask_input is None else None
+        low_res, iou = model.mask_decoder(
+            self.features, self._dense_pe, sparse, dense, multimask_output=multimask_output, context=context
+        )
+        masks = self._upsample(low_res)
+        if not return_logits:
+            masks = masks > model.mask_threshold
+        return masks, iou, low_res

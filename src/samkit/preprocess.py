@@ -1,0 +1,128 @@
+"""Any image to the 3-channel uint8 RGB image the model takes."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import ImageError
+
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def _channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    if image.ndim == 2:
+        return image[..., None]
+    if image.ndim != 3:
+        raise ImageError(
+            f"Expected a 2D image (H, W) or one with channels (H, W, C); got shape {image.shape}. "
+            "For a 3D stack, pass one slice (stack[z]) or use the volume tools."
+        )
+    if channel_axis is None:
+        if image.shape[-1] <= 4:
+            channel_axis = -1
+        elif image.shape[0] <= 4:
+            channel_axis = 0
+        else:
+            raise ImageError(
+                f"Cannot tell which axis of an image of shape {image.shape} holds the channels: "
+                "pass channel_axis=0 or channel_axis=-1."
+            )
+    return np.moveaxis(image, channel_axis, -1)
+
+
+def _pick_channels(image: np.ndarray, channels: Sequence[int] | None) -> np.ndarray:
+    n = image.shape[-1]
+    if channels is not None:
+        channels = list(channels)
+        if not 1 <= len(channels) <= 3 or any(not -n <= c < n for c in channels):
+            raise ImageError(
+                f"channels={channels} does not fit an image with {n} channels: give 1 to 3 indices below {n}."
+            )
+        image = image[..., channels]
+    elif n == 4 and image.dtype == np.uint8:
+        image = image[..., :3]
+    elif n > 3:
+        warnings.warn(
+            f"The image has {n} channels; using the first three. Pass channels=(i, j, k) to choose others.",
+            stacklevel=3,
+        )
+        image = image[..., :3]
+    return image
+
+
+def _to_three(image: np.ndarray) -> np.ndarray:
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    if image.shape[-1] == 2:
+        return np.concatenate([image, np.zeros_like(image[..., :1])], axis=-1)
+    return np.ascontiguousarray(image)
+
+
+def _limits(channel: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+    finite = channel[np.isfinite(channel)]
+    if finite.size == 0:
+        return 0.0, 0.0
+    lo, hi = np.percentile(finite, percentiles)
+    return float(lo), float(hi)
+
+
+def _scale(channel: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros(channel.shape, dtype=np.uint8)
+    out = (channel.astype(np.float64) - lo) * (255.0 / (hi - lo))
+    out[~np.isfinite(out)] = 0.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_rgb_uint8(
+    image: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    contrast_limits: tuple[float, float] | Sequence[tuple[float, float]] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Convert an image of any dtype and channel count to (H, W, 3) uint8 RGB.
+
+    - uint8 with 3 channels (or RGBA) passes through unchanged unless
+      ``contrast_limits`` are given.
+    - other dtypes are scaled per channel between the given percentiles of
+      their finite values (default 0.5 and 99.5), or between
+      ``contrast_limits`` (one pair for all channels, or one pair per channel).
+    - NaN and inf become the lowest intensity; a constant channel becomes 0.
+    - one channel is repeated to three; two get a third, empty one; more than
+      three use ``channels`` (default: the first three, with a warning).
+    """
+    image = np.asarray(image)
+    if image.size == 0:
+        raise ImageError(f"The image is empty (shape {image.shape}): give an image with pixels.")
+    if image.dtype == bool:
+        image = image.astype(np.uint8) * 255
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ImageError(f"Images of dtype {image.dtype} are not supported: give integer or float pixels.")
+    image = _pick_channels(_channels_last(image, channel_axis), channels)
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ImageError(f"The image is too small ({image.shape[0]}x{image.shape[1]} pixels): give at least 2x2.")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        raise ImageError("The image has no finite pixel (all NaN or inf): nothing to segment.")
+    n = image.shape[-1]
+    if image.dtype == np.uint8 and contrast_limits is None:
+        return _to_three(image)
+    if contrast_limits is None:
+        limits = [_limits(image[..., c], percentiles) for c in range(n)]
+    else:
+        arr = np.asarray(contrast_limits, dtype=np.float64)
+        if arr.shape == (2,):
+            limits = [tuple(arr)] * n
+        elif arr.shape == (n, 2):
+            limits = [tuple(row) for row in arr]
+        else:
+            raise ImageError(
+                f"contrast_limits must be (low, high) or one (low, high) per channel; got {contrast_limits!r}."
+            )
+        if any(hi <= lo for lo, hi in limits):
+            raise ImageError(f"contrast_limits need low < high; got {contrast_limits!r}.")
+    return _to_three(np.stack([_scale(image[..., c], *limits[c]) for c in range(n)], axis=-1))

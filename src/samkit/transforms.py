@@ -1,0 +1,79 @@
+"""Geometry between the original image, the model's input frame and the low-res masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def input_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """Size of an image resized so its longest side is ``long_side`` (SAM's rounding)."""
+    scale = long_side * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Resize an (H, W, 3) uint8 image with PIL's bilinear filter, as SAM's predictor does."""
+    h, w = input_shape(image.shape[0], image.shape[1], long_side)
+    if (h, w) == image.shape[:2]:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
+def scale_coords(coords: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
+    """(..., 2) x/y pixel coordinates of the original image -> the model's input frame."""
+    coords = np.array(coords, dtype=np.float64)
+    coords[..., 0] *= input_size[1] / original_size[1]
+    coords[..., 1] *= input_size[0] / original_size[0]
+    return coords
+
+
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of PyTorch's bilinear resize (align_corners=False) on one axis."""
+    dst = np.arange(out_size, dtype=np.float32)
+    if in_size == out_size:
+        idx = dst.astype(np.int64)
+        return idx, idx, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
+    scale = np.float32(in_size / out_size)
+    src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = i0 + (i0 < in_size - 1)
+    lam1 = np.clip(src - i0, 0, 1).astype(np.float32)
+    return i0, i1, 1 - lam1, lam1
+
+
+def _composed_taps(low_res: int, padded: int, valid: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One axis of: resize low_res -> padded, crop to valid, resize valid -> out_size, as 4 taps per output."""
+    a0, a1, l0, l1 = _bilinear_taps(valid, out_size)
+    b0, b1, m0, m1 = _bilinear_taps(low_res, padded)
+    index = np.stack([b0[a0], b1[a0], b0[a1], b1[a1]], axis=1)
+    weight = np.stack([l0 * m0[a0], l0 * m1[a0], l1 * m0[a1], l1 * m1[a1]], axis=1)
+    return torch.from_numpy(index), torch.from_numpy(weight.astype(np.float32))
+
+
+class MaskUpsampler:
+    """Low-res mask logits straight to the original image size.
+
+    Equal (to float rounding) to SAM's two bilinear resizes (to the padded
+    input square, crop, to the original size), but without ever building the
+    padded square: each output pixel mixes at most 4 x 4 low-res logits.
+    """
+
+    def __init__(self, low_res: int, padded: int, input_size: tuple[int, int], original_size: tuple[int, int],
+                 device: torch.device) -> None:
+        rows = _composed_taps(low_res, padded, input_size[0], original_size[0])
+        cols = _composed_taps(low_res, padded, input_size[1], original_size[1])
+        self.row_index, self.row_weight = (t.to(device) for t in rows)
+        self.col_index, self.col_weight = (t.to(device) for t in cols)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., low_res, low_res) -> (..., H, W)."""
+        height, width = self.row_index.shape[0], self.col_index.shape[0]
+        lead = logits.shape[:-2]
+        rows = logits.index_select(-2, self.row_index.flatten()).view(*lead, height, 4, -1)
+        rows = (rows * self.row_weight[:, :, None]).sum(-2)
+        out = rows.index_select(-1, self.col_index[:, 0]) * self.col_weight[:, 0]
+        for k in range(1, 4):
+            out += rows.index_select(-1, self.col_index[:, k]) * self.col_weight[:, k]
+        return out
