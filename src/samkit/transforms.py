@@ -18,7 +18,7 @@ def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:
     h, w = input_shape(image.shape[0], image.shape[1], long_side)
     if (h, w) == image.shape[:2]:
         return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
 def scale_coords(coords: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]) -> np.ndarray:
@@ -69,11 +69,12 @@ class MaskUpsampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., low_res, low_res) -> (..., H, W)."""
-        height, width = self.row_index.shape[0], self.col_index.shape[0]
         lead = logits.shape[:-2]
-        rows = logits.index_select(-2, self.row_index.flatten()).view(*lead, height, 4, -1)
-        rows = (rows * self.row_weight[:, :, None]).sum(-2)
-        out = rows.index_select(-1, self.col_index[:, 0]) * self.col_weight[:, 0]
+        width = self.col_index.shape[0]
+        columns = logits.transpose(-1, -2).contiguous()
+        columns = columns.index_select(-2, self.col_index.flatten()).view(*lead, width, 4, -1)
+        columns = (columns * self.col_weight[:, :, None]).sum(-2).transpose(-1, -2).contiguous()
+        out = columns.index_select(-2, self.row_index[:, 0]) * self.row_weight[:, :1]
         for k in range(1, 4):
-            out += rows.index_select(-1, self.col_index[:, k]) * self.col_weight[:, k]
+            out.addcmul_(columns.index_select(-2, self.row_index[:, k]), self.row_weight[:, k : k + 1])
         return out

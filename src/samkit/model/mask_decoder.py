@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
@@ -98,10 +99,30 @@ class MaskDecoder(nn.Module):
             hs, keys = self.transformer(None, None, tokens, context)
         h, w = image_embeddings.shape[-2:]
         src = keys.transpose(1, 2).reshape(batch, self.transformer_dim, h, w)
-        upscaled = self.output_upscaling(src)
         hyper_in = torch.stack(
             [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
-        b, c, uh, uw = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
-        return masks, self.iou_prediction_head(hs[:, 0])
+        return self._masks(keys.view(batch, h, w, -1), hyper_in), self.iou_prediction_head(hs[:, 0])
+
+    def _masks(self, keys: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` then the hypernetwork product, computed channels-last.
+
+        A 2x2 stride-2 transposed convolution is a linear map per input pixel to
+        a 2x2 block of output pixels, so both upscaling steps are matrix products
+        on (B, h, w, C) tokens; the pixel shuffle happens once, on the masks.
+        """
+        up1, norm, _, up2, _ = self.output_upscaling
+        b, h, w, _ = keys.shape
+
+        def transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+            cin, cout = conv.weight.shape[:2]
+            weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
+            y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
+            return y.view(*x.shape[:-1], 2, 2, cout)
+
+        x = transposed_conv(keys, up1).transpose(2, 3)  # (b, h, 2, w, 2, c1)
+        x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+        x = F.gelu(transposed_conv(x, up2))  # (b, h, 2, w, 2, 2, 2, c2)
+        masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)
+        masks = masks.view(b, h, 2, w, 2, 2, 2, -1).permute(0, 7, 1, 2, 5, 3, 4, 6)
+        return masks.reshape(b, -1, 4 * h, 4 * w)

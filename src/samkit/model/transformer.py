@@ -95,21 +95,19 @@ class Attention(nn.Module):
         b, n = k.shape[:2]
         heads = self.num_heads
         kh = self._heads(self.k_proj(k))
-        vh = self._heads(self.v_proj(v))
-        v_out = vh @ self.out_proj.weight.view(-1, heads, self.head_dim).permute(1, 2, 0)
-        v_out = v_out.reshape(b, heads * n, -1)
         if projected is not None:
-            attn = torch.softmax(projected @ kh.transpose(-1, -2), dim=-1)
-            attn = attn.transpose(1, 2).reshape(b, -1, heads * n)
+            logits = kh @ projected.transpose(-1, -2)
         elif not self._fold_cheaper(n):
-            attn = torch.softmax(self.project_image_queries(q) @ kh.transpose(-1, -2), dim=-1)
-            attn = attn.transpose(1, 2).reshape(b, -1, heads * n)
+            logits = kh @ self.project_image_queries(q).transpose(-1, -2)
         else:
             k_folded = (kh @ self._weights(self.q_proj)).reshape(b, heads * n, -1) / self.head_dim**0.5
-            k_bias = (kh @ self.q_proj.bias.view(heads, self.head_dim, 1)).reshape(b, 1, heads * n)
-            logits = (q @ k_folded.transpose(-1, -2) + k_bias / self.head_dim**0.5).view(b, -1, heads, n)
-            attn = torch.softmax(logits, dim=-1).reshape(b, -1, heads * n)
-        return attn @ v_out + self.out_proj.bias
+            k_bias = (kh @ self.q_proj.bias.view(heads, self.head_dim, 1)).reshape(b, heads * n, 1)
+            logits = (k_folded @ q.transpose(-1, -2) + k_bias / self.head_dim**0.5).view(b, heads, n, -1)
+        # logits are (B, heads, n, N): the softmax runs over the few tokens on a non-inner axis.
+        attn = torch.softmax(logits, dim=2).reshape(b, heads * n, -1)
+        vh = self._heads(self.v_proj(v))
+        v_out = vh @ self.out_proj.weight.view(-1, heads, self.head_dim).permute(1, 2, 0)
+        return attn.transpose(1, 2) @ v_out.reshape(b, heads * n, -1) + self.out_proj.bias
 
 
 @dataclass
@@ -182,8 +180,8 @@ class TwoWayTransformer(nn.Module):
 
     def prepare(self, src: torch.Tensor, pos: torch.Tensor) -> ImageContext:
         """Precompute the first layer's image projections for image tokens ``src`` (1, C, h, w)."""
-        keys = src.flatten(2).transpose(1, 2)
-        pos = pos.flatten(2).transpose(1, 2)
+        keys = src.flatten(2).transpose(1, 2).contiguous()
+        pos = pos.flatten(2).transpose(1, 2).contiguous()
         keys_pe = keys + pos
         first = self.layers[0]
         return ImageContext(
@@ -203,8 +201,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, n, C) and image (B or 1, C, h, w) -> updated tokens and image tokens (B, h*w, C)."""
         if context is None:
-            context_keys = src.flatten(2).transpose(1, 2)
-            pos_tokens = pos.flatten(2).transpose(1, 2)
+            context_keys = src.flatten(2).transpose(1, 2).contiguous()
+            pos_tokens = pos.flatten(2).transpose(1, 2).contiguous()
         else:
             context_keys = context.keys
             pos_tokens = context.pos
