@@ -107,7 +107,7 @@ class Attention(nn.Module):
         attn = torch.softmax(logits, dim=2).reshape(b, heads * n, -1)
         vh = self._heads(self.v_proj(v))
         v_out = vh @ self.out_proj.weight.view(-1, heads, self.head_dim).permute(1, 2, 0)
-        return attn.transpose(1, 2) @ v_out.reshape(b, heads * n, -1) + self.out_proj.bias
+        return torch.baddbmm(self.out_proj.bias.expand(b, 1, -1), attn.transpose(1, 2), v_out.reshape(b, heads * n, -1))
 
 
 @dataclass
@@ -162,7 +162,7 @@ class TwoWayAttentionBlock(nn.Module):
             attn = self.cross_attn_image_to_token.image_to_tokens(None, q, queries, projected=context.image_queries)
         else:
             attn = self.cross_attn_image_to_token.image_to_tokens(keys_pe, q, queries)
-        keys = self.norm4(keys + attn)
+        keys = self.norm4(attn.add_(keys))
         return queries, keys
 
 

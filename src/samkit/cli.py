@@ -1,0 +1,108 @@
+"""The ``samkit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import SamkitError
+
+
+def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in counts:
+        raise argparse.ArgumentTypeError(f"{what} takes {' or '.join(map(str, counts))} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _point(text: str) -> list[float]:
+    values = _numbers(text, (2, 3), "--point X,Y[,LABEL]")
+    return values if len(values) == 3 else [*values, 1.0]
+
+
+def _box(text: str) -> list[float]:
+    return _numbers(text, (4,), "--box X0,Y0,X1,Y1")
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from .checkpoint import load_model
+    from .io import check_output_folder, read_image, write_mask
+    from .predictor import Predictor
+
+    if not args.point and not args.box:
+        raise SamkitError("Give a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1.")
+    check_output_folder(args.output)
+    image = read_image(args.image)
+    predictor = Predictor(load_model(args.model, device=args.device), precision=args.precision)
+    predictor.set_image(image)
+    points = np.array(args.point, dtype=np.float64) if args.point else None
+    # One click is ambiguous: ask for three candidates and keep the best, as SAM advises.
+    ambiguous = args.box is None and len(args.point) == 1
+    masks, scores, _ = predictor.predict(
+        point_coords=None if points is None else points[:, :2],
+        point_labels=None if points is None else points[:, 2].astype(np.int64),
+        box=np.array(args.box) if args.box else None,
+        multimask_output=args.multimask or ambiguous,
+    )
+    best = int(np.argmax(scores))
+    write_mask(args.output, masks.astype(np.uint8) if args.multimask else masks[best])
+    for i, score in enumerate(scores):
+        chosen = " (written)" if args.multimask or i == best else ""
+        print(f"mask {i}: predicted IoU {score:.4f}{chosen}")
+    print(f"wrote {args.output}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    import torch
+
+    from .device import native_bf16, resolve_device
+
+    device = resolve_device("auto")
+    print(f"samkit {__version__}, torch {torch.__version__}")
+    print(f"device: {device}; native bfloat16: {native_bf16(device)}; threads: {torch.get_num_threads()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samkit", description="Segment Anything for microscopy and medical images.")
+    parser.add_argument("--version", action="version", version=f"samkit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment one object from point and box prompts")
+    segment.add_argument("image", help="image file (PNG, JPEG, TIFF incl. 16-bit)")
+    segment.add_argument("--model", required=True, help="SAM-format checkpoint file (.pth/.pt)")
+    segment.add_argument("--point", type=_point, action="append", default=[],
+                         help="X,Y[,LABEL] in pixels; LABEL 1 positive (default) or 0 negative; repeatable")
+    segment.add_argument("--box", type=_box, help="X0,Y0,X1,Y1 in pixels")
+    segment.add_argument("-o", "--output", required=True, help="mask file to write (.tif or .png)")
+    segment.add_argument("--multimask", action="store_true",
+                         help="write all three candidate masks (a 3-page stack) instead of the single best")
+    segment.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                         help="image encoder precision (auto: bfloat16 where the hardware has it)")
+    segment.set_defaults(run=_segment)
+
+    info = commands.add_parser("info", help="show the version, device and precision samkit would use")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``samkit`` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except SamkitError as exc:
+        print(f"samkit: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
