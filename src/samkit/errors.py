@@ -19,3 +19,15 @@ class PromptError(SamkitError, ValueError):
 
 class NoImageError(SamkitError, RuntimeError):
     """A prompt was given before an image was set."""
+
+
+class FormatError(SamkitError, ValueError):
+    """A mask, label image, RLE or annotation file is malformed or does not hold what was asked for."""
+
+
+class ParameterError(SamkitError, ValueError):
+    """A setting is out of range or conflicts with another setting."""
+
+
+class Cancelled(SamkitError):
+    """Long work was cancelled on request before it finished."""

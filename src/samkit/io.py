@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,22 @@ def check_output_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it once the block succeeds.
+
+    On any error the temporary file is removed and an existing ``path`` is
+    left as it was, so a reader never sees a half-written file.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     """Write a mask or label image; TIFF keeps the dtype, PNG stores 0/255 for a bool mask.
 
@@ -43,22 +61,16 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     """
     path = check_output_folder(path)
     suffix = path.suffix.lower()
+    if suffix not in (".tif", ".tiff", ".png"):
+        raise SamkitError(f"Unsupported output format {suffix!r}: use .tif or .png.")
     data = np.asarray(mask)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            tifffile.imwrite(tmp, data.astype(np.uint8) if data.dtype == bool else data)
-        elif suffix == ".png":
+    with atomic_output(path) as tmp:
+        if suffix == ".png":
             from skimage import io
 
             io.imsave(tmp, (data > 0).astype(np.uint8) * 255 if data.dtype == bool else data, check_contrast=False)
         else:
-            raise SamkitError(f"Unsupported output format {suffix!r}: use .tif or .png.")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            import tifffile
+
+            tifffile.imwrite(tmp, data.astype(np.uint8) if data.dtype == bool else data)
     return path

@@ -124,8 +124,9 @@ def _vit_config(state: Mapping[str, torch.Tensor]) -> ViTConfig:
 def _tiny_vit_config(state: Mapping[str, torch.Tensor], img_size: int) -> TinyViTConfig:
     prefix = "image_encoder.layers"
     dims = [_shape(state, "image_encoder.patch_embed.seq.2.c.weight")[0]]
-    heads = [0]
-    windows = [0]
+    # Stage 0 is convolutional: its head count and window are unused, keep the defaults.
+    heads = [TinyViTConfig.num_heads[0]]
+    windows = [TinyViTConfig.window_sizes[0]]
     for i in range(1, 4):
         biases = _shape(state, f"{prefix}.{i}.blocks.0.attn.attention_biases")
         dims.append(_shape(state, f"{prefix}.{i}.blocks.0.attn.qkv.weight")[1])
