@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from . import weights
 from .device import resolve_device
 from .errors import CheckpointError
 from .model import Sam, build_sam, config_from_state_dict
@@ -25,6 +26,14 @@ def _list(names: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _is_torch_file(path: Path) -> bool:
+    """Whether the file starts like something ``torch.save`` wrote (a zip archive or a pickle)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == pickle.PROTO
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The SAM state dict in a checkpoint file, read with ``weights_only=True`` onto the CPU.
 
@@ -38,23 +47,31 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is a folder; give the path of the checkpoint file (.pth or .pt) inside it.")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except Exception as exc:
+        # The weights-only unpickler refuses every global (class or function) it does not
+        # know; any other failure, of any type, means the bytes are not a readable checkpoint.
+        if isinstance(exc, pickle.UnpicklingError) and "global" in str(exc).lower() and _is_torch_file(path):
+            raise CheckpointError(
+                f"Refused to load {path}: it holds Python objects other than tensors, and loading it could run "
+                "code. Only use checkpoint files from a source you trust; re-save the weights as a plain state "
+                "dict (torch.save(model.state_dict(), path)) to use them."
+            ) from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unexpected end of file"
         raise CheckpointError(
-            f"Refused to load {path}: it holds Python objects other than tensors, and loading it could run "
-            "code. Only use checkpoint files from a source you trust; re-save the weights as a plain state dict "
-            "(torch.save(model.state_dict(), path)) to use them."
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(
-            f"Could not read {path} as a PyTorch checkpoint ({type(exc).__name__}: {exc}). "
-            "The file is damaged or incomplete: download it again."
+            f"Could not read {path} as a PyTorch checkpoint ({type(exc).__name__}: {reason}). "
+            "The file is damaged, incomplete or not a checkpoint at all: download it again."
         ) from exc
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors; {SUPPORTED} do.")
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        held = "entries other than name -> tensor" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
+        raise CheckpointError(
+            f"{path} does not hold a state dict (names mapped to tensors) but {held}; samkit loads {SUPPORTED}."
+        )
     state = dict(obj)
     if not any(k.startswith("image_encoder.") for k in state):
         for prefix in KEY_PREFIXES:
@@ -68,13 +85,25 @@ def model_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "the 
     """Build the model a SAM state dict describes and load it strictly."""
     try:
         config = config_from_state_dict(state)
-    except (KeyError, IndexError, ValueError) as exc:
+    except KeyError as exc:
         found = _list(sorted(state), 5) or "no keys at all"
         raise CheckpointError(
             f"{source} is not a checkpoint of a supported architecture (missing {exc}; found {found}). "
             f"samkit loads {SUPPORTED}."
         ) from exc
-    model = build_sam(config)
+    except (IndexError, ValueError, ZeroDivisionError) as exc:
+        raise CheckpointError(
+            f"{source} has SAM key names, but its keys and shapes describe no valid model "
+            f"({type(exc).__name__}: {exc}). "
+            "The file may be damaged or of a different architecture."
+        ) from exc
+    try:
+        model = build_sam(config)
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{source} has SAM key names but shapes that do not fit together ({exc}). "
+            "The file may be damaged or of a different architecture."
+        ) from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -98,11 +127,38 @@ def model_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "the 
     return model
 
 
-def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "auto") -> Sam:
-    """Load a SAM-format checkpoint file; the architecture is read off the weights.
+def load_model(
+    model: str | os.PathLike,
+    device: str | torch.device = "auto",
+    *,
+    download: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
+    preprocessing: str | None = None,
+) -> Sam:
+    """Load a named model or a SAM-format checkpoint file; the architecture is read off the weights.
 
-    ``device="auto"`` picks cuda, then mps, then cpu. The model is returned
-    in eval mode.
+    ``model`` is a name from ``samkit.weights.REGISTRY`` (downloaded into the
+    cache on first use unless ``download=False``, and verified by its hash)
+    or the path of a checkpoint file. ``device="auto"`` picks cuda, then mps,
+    then cpu. ``preprocessing`` ("sam" or "medsam") overrides the one the
+    registry gives; a file is fed SAM's way unless told otherwise. The model
+    is returned in eval mode.
     """
-    model = model_from_state_dict(read_state_dict(checkpoint), source=str(checkpoint))
-    return model.to(resolve_device(device)).eval()
+    target = resolve_device(device)
+    if preprocessing not in (None, "sam", "medsam"):
+        raise CheckpointError(f"Unknown preprocessing {preprocessing!r}: use 'sam' or 'medsam'.")
+    name = os.fspath(model)
+    identity = None
+    if name in weights.REGISTRY:
+        entry = weights.REGISTRY[name]
+        path = weights.download(name, progress=progress) if download else weights.verify(name)
+        identity = entry.known_hash
+        preprocessing = preprocessing or entry.preprocessing
+    else:
+        path = Path(name)
+        if not path.exists() and os.sep not in name and not path.suffix:
+            weights.entry(name)
+    sam = model_from_state_dict(read_state_dict(path), source=name)
+    sam.identity = identity
+    sam.preprocessing = preprocessing or "sam"
+    return sam.to(target).eval()

@@ -11,8 +11,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks cuda, then mps, then cpu; anything else is checked and returned."""
-    if isinstance(device, torch.device):
-        return device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -26,6 +24,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise SamkitError(f"Unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'.") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SamkitError("Device 'cuda' was asked for but PyTorch sees no CUDA GPU: use device='cpu' or 'auto'.")
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise SamkitError("Device 'mps' was asked for but PyTorch sees no Apple GPU: use device='cpu' or 'auto'.")
     return resolved
 
 

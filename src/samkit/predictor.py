@@ -8,11 +8,19 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .cache import CachedEmbedding, EmbeddingCache
 from .device import resolve_precision
 from .errors import ImageError, NoImageError, PromptError
 from .model import ImageContext, Sam
 from .preprocess import to_rgb_uint8
 from .transforms import MaskUpsampler, input_shape, resize_longest_side, scale_coords
+
+
+def _as_float_array(value: object, name: str) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise PromptError(f"{name} must be an array of numbers; got {value!r}.") from exc
 
 
 class Predictor:
@@ -23,9 +31,10 @@ class Predictor:
     float32. Prompt encoding and mask decoding always run in float32.
     """
 
-    def __init__(self, model: Sam, precision: str = "auto") -> None:
+    def __init__(self, model: Sam, precision: str = "auto", cache: EmbeddingCache | bool | None = None) -> None:
         self.model = model.eval()
         self.encoder_dtype = resolve_precision(precision, self.device)
+        self.cache = EmbeddingCache() if cache is True else (cache or None)
         self.reset_image()
 
     @property
@@ -51,17 +60,54 @@ class Predictor:
         channels: Sequence[int] | None = None,
         contrast_limits: tuple[float, float] | None = None,
     ) -> None:
-        """Compute the embedding of ``image`` (any dtype and channel layout, see ``to_rgb_uint8``)."""
+        """Compute the embedding of ``image`` (any dtype and channel layout, see ``to_rgb_uint8``).
+
+        With a cache, an embedding computed before for the same pixels, model
+        and settings is loaded instead of recomputed.
+        """
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         if image_format != self.model.image_format:
             rgb = rgb[..., ::-1]
-        resized = resize_longest_side(np.ascontiguousarray(rgb), self.model.img_size)
-        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
-        self.set_torch_image(tensor, rgb.shape[:2])
+        rgb = np.ascontiguousarray(rgb)
+        original_size = (rgb.shape[0], rgb.shape[1])
+        key = None
+        if self.cache is not None:
+            settings = f"{self.model.preprocessing}|{self.encoder_dtype}|{self.model.img_size}"
+            key = self.cache.key(rgb, self.model, settings)
+            hit = self.cache.get(key)
+            if hit is not None and hit.original_size == original_size:
+                self.reset_image()
+                self._use_features(hit.embedding.to(self.device), original_size, hit.input_size)
+                return
+        x, input_size = self._model_input(rgb)
+        self.reset_image()
+        features = self._encode(x)
+        self._use_features(features, original_size, input_size)
+        if key is not None:
+            self.cache.put(key, CachedEmbedding(features, original_size, input_size))
+
+    def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The encoder's input for an (H, W, 3) uint8 image, and the size the image takes in it."""
+        size = self.model.img_size
+        if self.model.preprocessing == "medsam":
+            # MedSAM: stretch to the square with a cubic filter, min-max to [0, 1], no padding.
+            from skimage.transform import resize
+
+            square = resize(rgb, (size, size), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+            x = torch.from_numpy(square).to(self.device, torch.float32).permute(2, 0, 1)[None]
+            x = (x - x.min()) / (x.max() - x.min()).clamp_min(1e-8)
+            return x, (size, size)
+        resized = resize_longest_side(rgb, size)
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
+        return self.model.preprocess(x.to(torch.float32)), (resized.shape[0], resized.shape[1])
 
     @torch.inference_mode()
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == torch.bfloat16):
+            return self.model.image_encoder(x).float()
+
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
         """Embed a (1, 3, h, w) image already resized so its longest side is the model's input size."""
         size = self.model.img_size
@@ -71,11 +117,8 @@ class Predictor:
                 f"{tuple(transformed_image.shape)}. Use set_image for an ordinary image."
             )
         self.reset_image()
-        x = self.model.preprocess(transformed_image.to(self.device, torch.float32))
-        encoder = self.model.image_encoder
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == torch.bfloat16):
-            features = encoder(x)
-        self._use_features(features.float(), tuple(original_image_size), tuple(transformed_image.shape[-2:]))
+        features = self._encode(self.model.preprocess(transformed_image.to(self.device, torch.float32)))
+        self._use_features(features, tuple(original_image_size), tuple(transformed_image.shape[-2:]))
 
     def set_image_embedding(self, embedding: torch.Tensor, original_size: tuple[int, int]) -> None:
         """Restore an embedding from :meth:`get_image_embedding` for an image of ``original_size`` (H, W)."""
@@ -87,13 +130,16 @@ class Predictor:
                 f"The embedding has shape {tuple(embedding.shape)} but this model makes {expected}: "
                 "it was computed with another model."
             )
-        if len(original_size) != 2 or min(original_size) < 1:
+        try:
+            h, w = (int(s) for s in original_size)
+        except (TypeError, ValueError, OverflowError):
+            h = w = 0
+        if min(h, w) < 1:
             raise ImageError(f"original_size must be the image's (height, width); got {original_size!r}.")
-        h, w = (int(s) for s in original_size)
         self.reset_image()
-        self._use_features(
-            embedding.to(self.device, torch.float32), (h, w), input_shape(h, w, self.model.img_size)
-        )
+        size = self.model.img_size
+        input_size = (size, size) if self.model.preprocessing == "medsam" else input_shape(h, w, size)
+        self._use_features(embedding.to(self.device, torch.float32), (h, w), input_size)
 
     @torch.inference_mode()
     def _use_features(self, features: torch.Tensor, original_size: tuple[int, int], input_size: tuple[int, int]) -> None:
@@ -125,7 +171,7 @@ class Predictor:
         mask_input: np.ndarray | None,
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         if point_coords is not None:
-            point_coords = np.asarray(point_coords, dtype=np.float64)
+            point_coords = _as_float_array(point_coords, "point_coords")
             if point_coords.ndim == 1 and point_coords.shape == (2,):
                 point_coords = point_coords[None]
             if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_coords) == 0:
@@ -145,7 +191,7 @@ class Predictor:
         elif point_labels is not None:
             raise PromptError("point_labels were given without point_coords: give both or neither.")
         if box is not None:
-            box = np.asarray(box, dtype=np.float64)
+            box = _as_float_array(box, "box")
             if box.shape not in ((4,), (1, 4)):
                 raise PromptError(
                     f"box must be one (x0, y0, x1, y1) box, shape (4,); got shape {box.shape}. "
@@ -158,7 +204,7 @@ class Predictor:
                 raise PromptError(f"box {box.tolist()} has x1 < x0 or y1 < y0: give (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1.")
             self._warn_outside(box.reshape(2, 2), "box corner")
         if mask_input is not None:
-            mask_input = np.asarray(mask_input, dtype=np.float32)
+            mask_input = _as_float_array(mask_input, "mask_input").astype(np.float32)
             size = self.model.prompt_encoder.mask_input_size
             if mask_input.shape == size:
                 mask_input = mask_input[None]
@@ -167,6 +213,8 @@ class Predictor:
                     f"mask_input must be low-res logits of shape (1, {size[0]}, {size[1]}) such as the third output "
                     f"of a previous predict; got shape {mask_input.shape}."
                 )
+            if not np.isfinite(mask_input).all():
+                raise PromptError("mask_input contains NaN or inf: give finite logits.")
         if point_coords is None and box is None and mask_input is None:
             warnings.warn("No prompt given: the masks answer an empty prompt.", stacklevel=3)
         return point_coords, point_labels, box, mask_input
@@ -243,6 +291,10 @@ class Predictor:
             )
         if boxes is not None and (boxes.ndim != 2 or boxes.shape[-1] != 4):
             raise PromptError(f"boxes must be (B, 4) x0, y0, x1, y1; got shape {tuple(boxes.shape)}.")
+        if point_coords is not None and boxes is not None and len(point_coords) != len(boxes):
+            raise PromptError(
+                f"{len(point_coords)} point sets but {len(boxes)} boxes: give one box per point set, or no boxes."
+            )
         model = self.model
         points = None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
         boxes = None if boxes is None else boxes.to(self.device)

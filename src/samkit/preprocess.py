@@ -20,6 +20,10 @@ def _channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
             f"Expected a 2D image (H, W) or one with channels (H, W, C); got shape {image.shape}. "
             "For a 3D stack, pass one slice (stack[z]) or use the volume tools."
         )
+    if channel_axis is not None and not -3 <= channel_axis < 3:
+        raise ImageError(
+            f"channel_axis={channel_axis} does not fit an image of shape {image.shape}: use 0, 1, 2 or -1."
+        )
     if channel_axis is None:
         if image.shape[-1] <= 4:
             channel_axis = -1
@@ -37,7 +41,9 @@ def _pick_channels(image: np.ndarray, channels: Sequence[int] | None) -> np.ndar
     n = image.shape[-1]
     if channels is not None:
         channels = list(channels)
-        if not 1 <= len(channels) <= 3 or any(not -n <= c < n for c in channels):
+        if not 1 <= len(channels) <= 3 or any(
+            isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not -n <= c < n for c in channels
+        ):
             raise ImageError(
                 f"channels={channels} does not fit an image with {n} channels: give 1 to 3 indices below {n}."
             )
@@ -69,6 +75,28 @@ def _limits(channel: np.ndarray, percentiles: tuple[float, float]) -> tuple[floa
     return float(lo), float(hi)
 
 
+def _contrast_limits(
+    contrast_limits: tuple[float, float] | Sequence[tuple[float, float]], n: int
+) -> list[tuple[float, float]]:
+    try:
+        arr = np.asarray(contrast_limits, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is not None and arr.shape == (2,):
+        limits = [(float(arr[0]), float(arr[1]))] * n
+    elif arr is not None and arr.shape == (n, 2):
+        limits = [(float(lo), float(hi)) for lo, hi in arr]
+    else:
+        raise ImageError(
+            f"contrast_limits must be (low, high) or one (low, high) per channel ({n} here); got {contrast_limits!r}."
+        )
+    if not np.isfinite(arr).all():
+        raise ImageError(f"contrast_limits must be finite numbers; got {contrast_limits!r}.")
+    if any(hi <= lo for lo, hi in limits):
+        raise ImageError(f"contrast_limits need low < high; got {contrast_limits!r}.")
+    return limits
+
+
 def _scale(channel: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi <= lo:
         return np.zeros(channel.shape, dtype=np.uint8)
@@ -97,6 +125,8 @@ def to_rgb_uint8(
       three use ``channels`` (default: the first three, with a warning).
     """
     image = np.asarray(image)
+    if len(percentiles) != 2 or not 0 <= percentiles[0] < percentiles[1] <= 100:
+        raise ImageError(f"percentiles must be (low, high) with 0 <= low < high <= 100; got {percentiles!r}.")
     if image.size == 0:
         raise ImageError(f"The image is empty (shape {image.shape}): give an image with pixels.")
     if image.dtype == bool:
@@ -114,15 +144,5 @@ def to_rgb_uint8(
     if contrast_limits is None:
         limits = [_limits(image[..., c], percentiles) for c in range(n)]
     else:
-        arr = np.asarray(contrast_limits, dtype=np.float64)
-        if arr.shape == (2,):
-            limits = [tuple(arr)] * n
-        elif arr.shape == (n, 2):
-            limits = [tuple(row) for row in arr]
-        else:
-            raise ImageError(
-                f"contrast_limits must be (low, high) or one (low, high) per channel; got {contrast_limits!r}."
-            )
-        if any(hi <= lo for lo, hi in limits):
-            raise ImageError(f"contrast_limits need low < high; got {contrast_limits!r}.")
+        limits = _contrast_limits(contrast_limits, n)
     return _to_three(np.stack([_scale(image[..., c], *limits[c]) for c in range(n)], axis=-1))
