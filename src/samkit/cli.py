@@ -31,16 +31,22 @@ def _box(text: str) -> list[float]:
     return _numbers(text, (4,), "--box X0,Y0,X1,Y1")
 
 
-def _segment(args: argparse.Namespace) -> None:
+def _predictor(args: argparse.Namespace):
     from .checkpoint import load_model
-    from .io import check_output_folder, read_image, write_mask
     from .predictor import Predictor
+
+    model = load_model(args.model, device=args.device)
+    return Predictor(model, precision=args.precision, cache=not args.no_cache)
+
+
+def _segment(args: argparse.Namespace) -> None:
+    from .io import check_output_folder, read_image, write_mask
 
     if not args.point and not args.box:
         raise SamkitError("Give a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1.")
     check_output_folder(args.output)
     image = read_image(args.image)
-    predictor = Predictor(load_model(args.model, device=args.device), precision=args.precision)
+    predictor = _predictor(args)
     predictor.set_image(image)
     points = np.array(args.point, dtype=np.float64) if args.point else None
     # One click is ambiguous: ask for three candidates and keep the best, as SAM advises.
@@ -59,6 +65,38 @@ def _segment(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _embed(args: argparse.Namespace) -> None:
+    from .io import read_image
+
+    predictor = _predictor(args)
+    for i, path in enumerate(args.images, 1):
+        predictor.set_image(read_image(path))
+        print(f"[{i}/{len(args.images)}] {path}: embedded")
+    print(f"embeddings are in {predictor.cache.folder}")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from . import weights
+
+    if args.action == "download":
+        if not args.names:
+            raise SamkitError("Name the models to download, e.g. `samkit models download sam_vit_b`.")
+        for name in args.names:
+            path = weights.download(name, progress=True)
+            print(f"{name}: {path}")
+        return
+    if args.action == "verify":
+        for name in args.names or [n for n in weights.REGISTRY if weights.is_downloaded(n)]:
+            print(f"{name}: verified {weights.verify(name, force=True)}")
+        return
+    print(f"{'name':22s} {'arch':6s} {'size':>9s}  {'state':10s} description")
+    for name, item in weights.REGISTRY.items():
+        size = f"{item.size / 1e6:.0f} MB" if item.size else "?"
+        state = "downloaded" if weights.is_downloaded(name) else "-"
+        print(f"{name:22s} {item.architecture:6s} {size:>9s}  {state:10s} {item.description}")
+    print(f"cache: {weights.cache_dir() / 'models'} (set SAMKIT_CACHE to move it)")
+
+
 def _info(args: argparse.Namespace) -> None:
     import torch
 
@@ -74,19 +112,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"samkit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    segment = commands.add_parser("segment", help="segment one object from point and box prompts")
+    model_options = argparse.ArgumentParser(add_help=False)
+    model_options.add_argument("--model", default="sam_vit_b",
+                               help="a model name (see `samkit models`) or a SAM-format checkpoint file")
+    model_options.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    model_options.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                               help="image encoder precision (auto: bfloat16 where the hardware has it)")
+    model_options.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+
+    segment = commands.add_parser("segment", parents=[model_options],
+                                  help="segment one object from point and box prompts")
     segment.add_argument("image", help="image file (PNG, JPEG, TIFF incl. 16-bit)")
-    segment.add_argument("--model", required=True, help="SAM-format checkpoint file (.pth/.pt)")
     segment.add_argument("--point", type=_point, action="append", default=[],
                          help="X,Y[,LABEL] in pixels; LABEL 1 positive (default) or 0 negative; repeatable")
     segment.add_argument("--box", type=_box, help="X0,Y0,X1,Y1 in pixels")
     segment.add_argument("-o", "--output", required=True, help="mask file to write (.tif or .png)")
     segment.add_argument("--multimask", action="store_true",
                          help="write all three candidate masks (a 3-page stack) instead of the single best")
-    segment.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    segment.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                         help="image encoder precision (auto: bfloat16 where the hardware has it)")
     segment.set_defaults(run=_segment)
+
+    embed = commands.add_parser("embed", parents=[model_options],
+                                help="precompute image embeddings into the cache")
+    embed.add_argument("images", nargs="+", help="image files")
+    embed.set_defaults(run=_embed)
+
+    models = commands.add_parser("models", help="list, download or verify named models")
+    models.add_argument("action", nargs="?", choices=("list", "download", "verify"), default="list")
+    models.add_argument("names", nargs="*", help="model names (download: required; verify: default all downloaded)")
+    models.set_defaults(run=_models)
 
     info = commands.add_parser("info", help="show the version, device and precision samkit would use")
     info.set_defaults(run=_info)

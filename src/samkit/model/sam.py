@@ -18,6 +18,11 @@ class Sam(nn.Module):
 
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    # How images are fed to the encoder: "sam" (resize the longest side, normalise by the
+    # pixel mean and std, zero-pad) or "medsam" (stretch to the square, min-max to [0, 1]).
+    preprocessing: str = "sam"
+    # A fingerprint of the weights, set by the loader or computed on demand by the cache.
+    identity: str | None = None
 
     def __init__(
         self,
