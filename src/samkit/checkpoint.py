@@ -98,7 +98,7 @@ def model_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "the 
             "The file may be damaged or of a different architecture."
         ) from exc
     try:
-        model = build_sam(config)
+        model = build_sam(config, initialise=False)
     except (ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{source} has SAM key names but shapes that do not fit together ({exc}). "

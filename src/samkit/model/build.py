@@ -55,8 +55,25 @@ ARCHITECTURES: dict[str, SamConfig] = {
 }
 
 
-def build_sam(config: SamConfig) -> Sam:
-    """A model with freshly initialised weights, in eval mode."""
+def build_sam(config: SamConfig, initialise: bool = True) -> Sam:
+    """A model in eval mode, with freshly initialised weights.
+
+    ``initialise=False`` leaves the weights uninitialised (allocated, not
+    filled), for a model whose state dict is loaded next: for ViT-H that
+    saves seconds of random-number generation.
+    """
+    if initialise:
+        return _assemble(config).eval()
+    with torch.device("meta"):
+        model = _assemble(config)
+    model = model.to_empty(device="cpu")
+    for module in model.modules():
+        if hasattr(module, "init_fixed_buffers"):
+            module.init_fixed_buffers()
+    return model.eval()
+
+
+def _assemble(config: SamConfig) -> Sam:
     enc = config.encoder
     dec = config.decoder
     encoder = TinyViT(enc) if isinstance(enc, TinyViTConfig) else ImageEncoderViT(enc)
@@ -69,7 +86,7 @@ def build_sam(config: SamConfig) -> Sam:
     decoder = MaskDecoder(
         dec.embed_dim, transformer, dec.num_multimask_outputs, dec.iou_head_depth, dec.iou_head_hidden_dim
     )
-    return Sam(encoder, prompt_encoder, decoder).eval()
+    return Sam(encoder, prompt_encoder, decoder)
 
 
 def _count(state: Mapping[str, torch.Tensor], pattern: str) -> int:

@@ -41,6 +41,12 @@ class RelPosAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
         self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid - 1, head_dim))
+        self.grid = grid
+        self.init_fixed_buffers()
+
+    def init_fixed_buffers(self) -> None:
+        """(Re)create the relative-offset index table (a constant, not in the state dict)."""
+        grid = self.grid
         offsets = torch.arange(grid)[:, None] - torch.arange(grid)[None, :] + grid - 1
         self.register_buffer("rel_index", offsets, persistent=False)
 

@@ -36,8 +36,14 @@ class Sam(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self._pixel_stats = (pixel_mean, pixel_std)
+        self.init_fixed_buffers()
+
+    def init_fixed_buffers(self) -> None:
+        """(Re)create the buffers that are constants, not weights (not in the state dict)."""
+        mean, std = self._pixel_stats
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(-1, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:

@@ -107,6 +107,12 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * self.head_dim * num_heads)
         self.proj = nn.Linear(self.head_dim * num_heads, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
+        self.window = window
+        self.init_fixed_buffers()
+
+    def init_fixed_buffers(self) -> None:
+        """(Re)create the table of |dy| * window + |dx| per token pair (a constant, not in the state dict)."""
+        window = self.window
         ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         index = (ys[:, None] - ys[None, :]).abs() * window + (xs[:, None] - xs[None, :]).abs()
