@@ -5,11 +5,27 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import SamkitError
+
+
+GENERATOR_OPTIONS: dict[str, tuple[type, float, str]] = {
+    "points_per_side": (int, 32, "grid points per image side"),
+    "points_per_batch": (int, 64, "prompts run at once"),
+    "pred_iou_thresh": (float, 0.88, "keep masks with predicted IoU above this"),
+    "stability_score_thresh": (float, 0.95, "keep masks with stability score at least this"),
+    "stability_score_offset": (float, 1.0, "logit offset of the stability score"),
+    "box_nms_thresh": (float, 0.7, "box IoU above which a mask is a duplicate"),
+    "crop_n_layers": (int, 0, "layers of image crops to run again on"),
+    "crop_nms_thresh": (float, 0.7, "box IoU for duplicates between crops"),
+    "crop_overlap_ratio": (float, 512 / 1500, "overlap of neighbouring crops"),
+    "crop_n_points_downscale_factor": (int, 1, "points per side divided by this in each crop layer"),
+    "min_mask_region_area": (int, 0, "remove holes and islands smaller than this (pixels)"),
+}
 
 
 def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
@@ -97,6 +113,71 @@ def _models(args: argparse.Namespace) -> None:
     print(f"cache: {weights.cache_dir() / 'models'} (set SAMKIT_CACHE to move it)")
 
 
+def _auto(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .automatic import AutomaticMaskGenerator
+    from .batch import image_files, segment_files
+    from .checkpoint import load_model
+
+    files = image_files(args.source)
+    bar = tqdm(total=0, unit="point", leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    generator = AutomaticMaskGenerator(
+        load_model(args.model, device=args.device),
+        **{name: getattr(args, name) for name in GENERATOR_OPTIONS},
+        output_mode="coco_rle",
+        precision=args.precision,
+        progress=progress,
+    )
+    for i, (path, count) in enumerate(segment_files(files, args.output, generator, args.format, args.png), 1):
+        state = "done before, skipped" if count is None else f"{count} masks"
+        bar.write(f"[{i}/{len(files)}] {path.name}: {state}")
+    bar.close()
+    print(f"results in {args.output}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from . import rle
+    from .io import atomic_output, check_output_folder, read_image
+
+    check_output_folder(args.output)
+    labels = read_image(args.labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "biu":
+        raise SamkitError(f"{args.labels} is not a label image: expected 2D integers, got {labels.dtype} {labels.shape}.")
+    if args.format == "csv":
+        with atomic_output(args.output) as tmp, open(tmp, "w") as file:
+            file.write("id,height,width,rle\n")
+            for label in np.unique(labels[labels > 0]):
+                file.write(f"{label},{labels.shape[0]},{labels.shape[1]},{rle.encode_string(labels == label)}\n")
+    else:
+        writer = rle.write_sa1b if args.format == "sa1b" else rle.write_coco
+        writer(args.output, labels, file_name=Path(args.labels).name)
+    print(f"wrote {args.output}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    import json
+
+    from . import rle
+    from .io import check_output_folder, write_mask
+
+    check_output_folder(args.output)
+    try:
+        data = json.loads(Path(args.input).read_text())
+    except (OSError, ValueError) as exc:
+        raise SamkitError(f"Cannot read {args.input} as JSON ({exc}).") from exc
+    reader = rle.read_coco if isinstance(data, dict) and "images" in data else rle.read_sa1b
+    labels, records = reader(args.input)
+    write_mask(args.output, labels)
+    print(f"{len(records)} objects; wrote {args.output}")
+
+
 def _info(args: argparse.Namespace) -> None:
     import torch
 
@@ -135,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="precompute image embeddings into the cache")
     embed.add_argument("images", nargs="+", help="image files")
     embed.set_defaults(run=_embed)
+
+    auto = commands.add_parser("auto", parents=[model_options],
+                               help="segment everything in an image or a folder of images (grid of prompts)")
+    auto.add_argument("source", help="an image file or a folder of images")
+    auto.add_argument("-o", "--output", required=True, help="output folder")
+    auto.add_argument("--format", choices=("sa1b", "coco"), default="sa1b", help="JSON format (default sa1b)")
+    auto.add_argument("--png", action="store_true", help="also write one PNG per mask and metadata.csv")
+    for name, (kind, default, text) in GENERATOR_OPTIONS.items():
+        auto.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"{text} (default {default:g})")
+    auto.set_defaults(run=_auto)
+
+    export = commands.add_parser("export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV)")
+    export.add_argument("labels", help="label image (TIFF)")
+    export.add_argument("-o", "--output", required=True, help="output file (.json, or .csv with --format csv)")
+    export.add_argument("--format", choices=("sa1b", "coco", "csv"), default="sa1b")
+    export.set_defaults(run=_export)
+
+    importer = commands.add_parser("import", help="SA-1B or COCO RLE JSON to a label image (TIFF)")
+    importer.add_argument("input", help="JSON file (SA-1B per-image or COCO instances)")
+    importer.add_argument("-o", "--output", required=True, help="label image to write (.tif)")
+    importer.set_defaults(run=_import)
 
     models = commands.add_parser("models", help="list, download or verify named models")
     models.add_argument("action", nargs="?", choices=("list", "download", "verify"), default="list")
