@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +21,30 @@ from .weights import cache_dir
 DEFAULT_MAX_BYTES = 2 << 30
 
 
+def _weights_stamp(model: Sam) -> tuple:
+    """Changes when a tensor of the model is replaced or modified in place (through autograd-aware ops)."""
+    return tuple((key, value.data_ptr(), value._version) for key, value in model.state_dict().items())
+
+
+def remember_identity(model: Sam, identity: str) -> None:
+    """Record a known fingerprint (e.g. the published hash) for the model's current weights."""
+    model.identity = identity
+    model._identity_stamp = _weights_stamp(model)
+
+
 def model_identity(model: Sam) -> str:
     """A fingerprint of the model's weights (the published hash for registry models).
 
-    Computed once from the parameters and buffers and kept on the model.
+    Computed from the parameters and buffers and kept on the model until its
+    weights change (``load_state_dict``, an optimiser step).
     """
-    if getattr(model, "identity", None):
+    if model.identity and getattr(model, "_identity_stamp", None) == _weights_stamp(model):
         return model.identity
     digest = hashlib.blake2b(digest_size=20)
     for key, value in model.state_dict().items():
         digest.update(key.encode())
         digest.update(value.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    model.identity = f"blake2b:{digest.hexdigest()}"
+    remember_identity(model, f"blake2b:{digest.hexdigest()}")
     return model.identity
 
 
@@ -76,16 +90,20 @@ class EmbeddingCache:
             data = array_path.read_bytes()
             if hashlib.blake2b(data, digest_size=24).hexdigest() != meta["checksum"]:
                 raise ValueError("checksum mismatch")
-            array = np.load(array_path, allow_pickle=False)
+            array = np.load(io.BytesIO(data), allow_pickle=False)
             entry = CachedEmbedding(
                 torch.from_numpy(array), tuple(meta["original_size"]), tuple(meta["input_size"])
             )
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError, KeyError, TypeError):
             self._remove(key)
             return None
-        os.utime(array_path)
+        now = time.time_ns()
+        try:
+            os.utime(array_path, ns=(now, now))
+        except OSError:
+            pass  # removed meanwhile by another process: the entry read is still good
         return entry
 
     def put(self, key: str, value: CachedEmbedding) -> None:
@@ -113,7 +131,10 @@ class EmbeddingCache:
 
     def _remove(self, key: str) -> None:
         for path in self._paths(key):
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # the folder is unusable; put() reports that
 
     def entries(self) -> list[tuple[str, int, float]]:
         """(key, bytes, last use) of every stored embedding, oldest first."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from . import weights
+from .cache import remember_identity
 from .device import resolve_device
 from .errors import CheckpointError
 from .model import Sam, build_sam, config_from_state_dict
@@ -158,7 +159,8 @@ def load_model(
         path = Path(name)
         if not path.exists() and os.sep not in name and not path.suffix:
             weights.entry(name)
-    sam = model_from_state_dict(read_state_dict(path), source=name)
-    sam.identity = identity
+    sam = model_from_state_dict(read_state_dict(path), source=name).to(target).eval()
     sam.preprocessing = preprocessing or "sam"
-    return sam.to(target).eval()
+    if identity is not None:
+        remember_identity(sam, identity)
+    return sam

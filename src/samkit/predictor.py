@@ -279,6 +279,26 @@ class Predictor:
         ``boxes`` (B, 4), ``mask_input`` (B, 1, 256, 256). Returns masks
         (B, C, H, W), IoU (B, C) and low-res logits (B, C, 256, 256).
         """
+        low_res, iou = self.predict_low_res(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self.upsample_logits(low_res)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    @torch.inference_mode()
+    def predict_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`predict_torch` without upsampling: low-res logits (B, C, 256, 256) and IoU (B, C).
+
+        For many prompts on a large image, upsample only what is kept, a few
+        masks at a time, with :meth:`upsample_logits`.
+        """
         self._require_image()
         if (point_coords is None) != (point_labels is None):
             raise PromptError("Give point_coords and point_labels together, or neither.")
@@ -301,10 +321,12 @@ class Predictor:
         mask_input = None if mask_input is None else mask_input.to(self.device, torch.float32)
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
         context = self._context if mask_input is None else None
-        low_res, iou = model.mask_decoder(
+        return model.mask_decoder(
             self.features, self._dense_pe, sparse, dense, multimask_output=multimask_output, context=context
         )
-        masks = self._upsample(low_res)
-        if not return_logits:
-            masks = masks > model.mask_threshold
-        return masks, iou, low_res
+
+    @torch.inference_mode()
+    def upsample_logits(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res logits (..., 256, 256) -> logits at the image's original size (..., H, W)."""
+        self._require_image()
+        return self._upsample(low_res)

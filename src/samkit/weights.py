@@ -168,7 +168,17 @@ class _CallbackProgress:
 
     def __init__(self, callback: Callable[[int, int], None]) -> None:
         self.callback = callback
-        self.total = 0
+        self._total = 0
+        self.n = 0
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    @total.setter
+    def total(self, value: int) -> None:
+        # pooch sets the total at the start of every attempt, retries included.
+        self._total = value
         self.n = 0
 
     def update(self, amount: int) -> None:
@@ -214,15 +224,15 @@ def download(name: str, progress: bool | Callable[[int, int], None] = True, retr
     )
     try:
         fetcher.fetch(item.filename, downloader=pooch.HTTPDownloader(progressbar=bar, timeout=60))
-    except ValueError as exc:
-        raise CheckpointError(
-            f"The download of {name} from {item.url} did not match its published hash ({exc}); nothing was kept. "
-            "Try again later; if it persists, the file on the server has changed."
-        ) from exc
     except requests.exceptions.RequestException as exc:
         raise CheckpointError(
             f"Could not download {name} ({type(exc).__name__}). If this computer cannot reach the internet, "
             f"download {item.url} on another one and copy it to {path}; samkit verifies it by its hash on first use."
+        ) from exc
+    except ValueError as exc:
+        raise CheckpointError(
+            f"The download of {name} from {item.url} did not match its published hash ({exc}); nothing was kept. "
+            "Try again later; if it persists, the file on the server has changed."
         ) from exc
     except OSError as exc:
         raise CheckpointError(
