@@ -188,6 +188,14 @@ class DiscPredictor:
         iou = (0.6 + 0.35 * torch.sin(xy[:, :1] * 0.37 + xy[:, 1:] * 0.11 + torch.arange(3))).float()
         return logits, iou, None
 
+    def predict_low_res(self, point_coords, point_labels, multimask_output=True):
+        # Its "low-res" logits are already at full size; upsampling them is the identity.
+        logits, iou, _ = self.predict_torch(point_coords, point_labels, multimask_output)
+        return logits, iou
+
+    def upsample_logits(self, logits):
+        return logits
+
 
 @pytest.mark.parametrize(
     "settings",

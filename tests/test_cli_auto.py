@@ -92,7 +92,7 @@ def test_auto_resumes_after_interruption(tiny_checkpoint, folder, tmp_path):
     assert not [p for p in out.rglob(".*")]
     stamp = (out / "a.json").stat().st_mtime_ns
     done = list(segment_files(files, out, generator))
-    assert done[0] == (files[0], None) and done[1][1] is not None
+    assert done[0].skipped == "done before" and done[1].masks is not None
     assert (out / "a.json").stat().st_mtime_ns == stamp
     assert (out / "b.json").exists() and (out / "b_labels.tif").exists()
 
@@ -121,6 +121,17 @@ def test_export_csv_strings_decode_back(tmp_path):
     for row in rows:
         mask = rle.decode_string(row["rle"], (int(row["height"]), int(row["width"])))
         np.testing.assert_array_equal(mask, labels == int(row["id"]))
+
+
+def test_unreadable_and_empty_images_are_skipped_and_the_run_goes_on(tiny_checkpoint, folder, tmp_path, capsys):
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    tifffile.imwrite(folder / "pixel.tif", np.zeros((1, 1), np.uint8))
+    out = tmp_path / "out"
+    assert main(["auto", str(folder), "-o", str(out), "--model", str(tiny_checkpoint), *LOOSE]) == 0
+    printed = capsys.readouterr().out
+    assert "broken.png: skipped: Could not read" in printed
+    assert "pixel.tif: skipped: The image is too small" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_labels.tif", "b.json", "b_labels.tif"]
 
 
 def test_bad_inputs(tmp_path, capsys):

@@ -30,6 +30,8 @@ from .transforms import scale_coords
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # A mask whose box comes this close (pixels) to a crop edge inside the image is cut off by the crop.
 EDGE_TOLERANCE = 20.0
+# Full-resolution logits held at once while filtering a batch (bytes).
+FULL_RES_BYTES = 256 << 20
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 Progress = Callable[[int, int], None]
@@ -210,6 +212,9 @@ def _as_cancel(cancel: Any) -> Cancel:
 
 
 _TENSOR_FIELDS = ("boxes", "iou", "stability", "points", "crop_boxes")
+_EMPTY_SHAPES = (
+    ((0, 4), torch.int64), ((0,), torch.float32), ((0,), torch.float32), ((0, 2), torch.float64), ((0, 4), torch.int64)
+)
 
 
 @dataclass
@@ -232,6 +237,8 @@ class _Masks:
 
     @staticmethod
     def concat(parts: Sequence[_Masks]) -> _Masks:
+        if not parts:
+            return _Masks([], *(torch.zeros(shape, dtype=dtype) for shape, dtype in _EMPTY_SHAPES))
         return _Masks(
             [counts for part in parts for counts in part.rles],
             *(torch.cat([getattr(part, name) for part in parts]) for name in _TENSOR_FIELDS),
@@ -429,19 +436,40 @@ class AutomaticMaskGenerator:
         )
 
     def _process_batch(self, points: np.ndarray, crop_box: list[int], image_size: tuple[int, int]) -> _Masks:
-        """Masks of a batch of points (crop pixels) that pass the quality filters and the crop edge test."""
+        """Masks of a batch of points (crop pixels) that pass the quality filters and the crop edge test.
+
+        Full-resolution logits exist for a few masks at a time only (``FULL_RES_BYTES``), so
+        memory does not grow with ``points_per_batch`` times the image size.
+        """
         predictor = self.predictor
-        threshold = predictor.model.mask_threshold
         coords = scale_coords(points, predictor.original_size, predictor.input_size)
         coords = torch.as_tensor(coords, dtype=torch.float32, device=predictor.device)[:, None]
         labels = torch.ones(coords.shape[:2], dtype=torch.int64, device=predictor.device)
-        logits, iou, _ = predictor.predict_torch(coords, labels, multimask_output=True, return_logits=True)
-        per_point = logits.shape[1]
-        logits, iou = logits.flatten(0, 1), iou.flatten(0, 1)
+        low_res, iou = predictor.predict_low_res(coords, labels, multimask_output=True)
+        per_point = low_res.shape[1]
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
         prompts = torch.as_tensor(np.repeat(points, per_point, axis=0))
         if self.pred_iou_thresh > 0:
             keep = iou > self.pred_iou_thresh
-            logits, iou, prompts = logits[keep], iou[keep], prompts[keep.cpu()]
+            low_res, iou, prompts = low_res[keep], iou[keep], prompts[keep.cpu()]
+        height, width = predictor.original_size
+        step = max(1, FULL_RES_BYTES // (4 * height * width))
+        parts = [
+            self._filter_full_res(low_res[i : i + step], iou[i : i + step], prompts[i : i + step], crop_box, image_size)
+            for i in range(0, len(low_res), step)
+        ]
+        return _Masks.concat(parts)
+
+    def _filter_full_res(
+        self,
+        low_res: torch.Tensor,
+        iou: torch.Tensor,
+        prompts: torch.Tensor,
+        crop_box: list[int],
+        image_size: tuple[int, int],
+    ) -> _Masks:
+        threshold = self.predictor.model.mask_threshold
+        logits = self.predictor.upsample_logits(low_res)
         stability = stability_score(logits, threshold, self.stability_score_offset)
         if self.stability_score_thresh > 0:
             keep = stability >= self.stability_score_thresh

@@ -6,12 +6,12 @@ import csv
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .automatic import AutomaticMaskGenerator, masks_to_labels
-from .errors import SamkitError
+from .errors import ImageError, SamkitError
 from .io import atomic_output, read_image, write_mask
 from .rle import decode, write_coco, write_sa1b
 
@@ -20,6 +20,14 @@ METADATA_HEADER = [
     "id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "point_input_x", "point_input_y",
     "predicted_iou", "stability_score", "crop_box_x0", "crop_box_y0", "crop_box_w", "crop_box_h",
 ]
+
+
+class FileResult(NamedTuple):
+    """What became of one image: the number of masks written, or why it was skipped."""
+
+    path: Path
+    masks: int | None
+    skipped: str | None = None
 
 
 def image_files(source: str | os.PathLike) -> list[Path]:
@@ -64,8 +72,11 @@ def segment_files(
     generator: AutomaticMaskGenerator,
     fmt: str = "sa1b",
     png: bool = False,
-) -> Iterator[tuple[Path, int | None]]:
-    """Run ``generator`` on each file; yield (file, number of masks, or None when done before).
+) -> Iterator[FileResult]:
+    """Run ``generator`` on each file and yield what became of it.
+
+    Files done before are skipped, and so are files that cannot be read as an
+    image or hold none (the reason is in the result); the run goes on.
 
     Per image: ``<stem>_labels.tif`` (one label per mask, smaller masks on top), ``<stem>.json``
     (SA-1B or COCO, ``fmt``) and with ``png`` a folder ``<stem>/`` of per-mask PNGs and
@@ -82,10 +93,14 @@ def segment_files(
     for path in files:
         target = outputs(path, out_dir)
         if target["json"].exists():
-            yield path, None
+            yield FileResult(path, None, "done before")
             continue
-        image = read_image(path)
-        records = generator.generate(image)
+        try:
+            image = read_image(path)
+            records = generator.generate(image)
+        except ImageError as exc:
+            yield FileResult(path, None, str(exc))
+            continue
         shape = (int(image.shape[0]), int(image.shape[1]))
         labels, _ = masks_to_labels(records, shape=shape)
         write_mask(target["labels"], labels)
@@ -93,4 +108,4 @@ def segment_files(
             _write_pngs(target["png"], records)
         writer = write_sa1b if fmt == "sa1b" else write_coco
         writer(target["json"], records, file_name=path.name, image_size=shape)
-        yield path, len(records)
+        yield FileResult(path, len(records))

@@ -135,9 +135,9 @@ def _auto(args: argparse.Namespace) -> None:
         precision=args.precision,
         progress=progress,
     )
-    for i, (path, count) in enumerate(segment_files(files, args.output, generator, args.format, args.png), 1):
-        state = "done before, skipped" if count is None else f"{count} masks"
-        bar.write(f"[{i}/{len(files)}] {path.name}: {state}")
+    for i, result in enumerate(segment_files(files, args.output, generator, args.format, args.png), 1):
+        state = f"skipped: {result.skipped}" if result.skipped else f"{result.masks} masks"
+        bar.write(f"[{i}/{len(files)}] {result.path.name}: {state}")
     bar.close()
     print(f"results in {args.output}")
 

@@ -72,7 +72,7 @@ class MaskUpsampler:
         lead = logits.shape[:-2]
         width = self.col_index.shape[0]
         columns = logits.transpose(-1, -2).contiguous()
-        columns = columns.index_select(-2, self.col_index.flatten()).view(*lead, width, 4, -1)
+        columns = columns.index_select(-2, self.col_index.flatten()).view(*lead, width, 4, logits.shape[-2])
         columns = (columns * self.col_weight[:, :, None]).sum(-2).transpose(-1, -2).contiguous()
         out = columns.index_select(-2, self.row_index[:, 0]) * self.row_weight[:, :1]
         for k in range(1, 4):
