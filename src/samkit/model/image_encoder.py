@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock, from_windows, make_neck, pad_to_windows, to_windows
+from .common import MLPBlock, from_windows, linear, make_neck, pad_to_windows, to_windows
 
 # Bias elements held at once: global attention over 64x64 tokens runs a few query
 # rows at a time, so no (4096 x 4096) matrix per head is ever built.
@@ -53,7 +53,7 @@ class RelPosAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, dim = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(b, h * w, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        qkv = linear(x, self.qkv).reshape(b, h * w, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         rh = self.rel_pos_h[self.rel_index].to(q.dtype)
         rw = self.rel_pos_w[self.rel_index].to(q.dtype)
@@ -84,7 +84,7 @@ class RelPosAttention(nn.Module):
                     qc.reshape(b, heads, rows * w, -1), k, v, attn_mask=scores
                 )
         x = out.transpose(1, 2).reshape(b, h, w, dim)
-        return self.proj(x)
+        return linear(x, self.proj)
 
 
 class ViTBlock(nn.Module):

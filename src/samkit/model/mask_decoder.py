@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import LayerNorm2d, affine
 from .transformer import ImageContext, TwoWayTransformer
 
 
@@ -114,15 +114,15 @@ class MaskDecoder(nn.Module):
         up1, norm, _, up2, _ = self.output_upscaling
         b, h, w, _ = keys.shape
 
-        def transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+        def transposed_conv(x: torch.Tensor, conv: nn.ConvTranspose2d, activation: str | None = None) -> torch.Tensor:
             cin, cout = conv.weight.shape[:2]
-            weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)
-            y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
+            weight = conv.weight.permute(2, 3, 1, 0).reshape(4 * cout, cin)
+            y = affine(x, weight, conv.bias.repeat(4), activation)
             return y.view(*x.shape[:-1], 2, 2, cout)
 
         x = transposed_conv(keys, up1).transpose(2, 3)  # (b, h, 2, w, 2, c1)
         x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = F.gelu(transposed_conv(x, up2))  # (b, h, 2, w, 2, 2, 2, c2)
+        x = transposed_conv(x, up2, "gelu")  # (b, h, 2, w, 2, 2, 2, c2)
         masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)
         masks = masks.view(b, h, 2, w, 2, 2, 2, -1).permute(0, 7, 1, 2, 5, 3, 4, 6)
         return masks.reshape(b, -1, 4 * h, 4 * w)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import from_windows, make_neck, pad_to_windows, to_windows
+from .common import from_windows, linear, make_neck, pad_to_windows, to_windows
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,11 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
-        qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, 3 * self.head_dim).transpose(1, 2)
+        qkv = linear(self.norm(x), self.qkv).view(b, n, self.num_heads, 3 * self.head_dim).transpose(1, 2)
         q, k, v = qkv.split(self.head_dim, dim=3)
         bias = self.attention_biases[:, self.bias_index].to(q.dtype)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+        return linear(x.transpose(1, 2).reshape(b, n, -1), self.proj)
 
 
 class Mlp(nn.Module):
@@ -132,11 +132,10 @@ class Mlp(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(self.norm(x))))
+        return linear(linear(self.norm(x), self.fc1, "gelu"), self.fc2)
 
 
 class TinyViTBlock(nn.Module):

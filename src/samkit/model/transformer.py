@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import MLPBlock
+from .common import MLPBlock, linear
 
 
 class Attention(nn.Module):
@@ -55,7 +55,7 @@ class Attention(nn.Module):
 
     def project_image(self, keys_pe: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-head keys and values of image tokens, for :meth:`tokens_to_image`."""
-        return self._heads(self.k_proj(keys_pe)), self._heads(self.v_proj(keys))
+        return self._heads(linear(keys_pe, self.k_proj)), self._heads(linear(keys, self.v_proj))
 
     def tokens_to_image(
         self,
@@ -82,7 +82,7 @@ class Attention(nn.Module):
 
     def project_image_queries(self, queries_pe: torch.Tensor) -> torch.Tensor:
         """Per-head, pre-scaled queries of image tokens, for :meth:`image_to_tokens`."""
-        return self._heads(self.q_proj(queries_pe)) / self.head_dim**0.5
+        return self._heads(linear(queries_pe, self.q_proj)) / self.head_dim**0.5
 
     def image_to_tokens(
         self,
@@ -128,7 +128,7 @@ class TwoWayAttentionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.cross_attn_token_to_image = Attention(dim, num_heads, downsample)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = MLPBlock(dim, mlp_dim, nn.ReLU)
+        self.mlp = MLPBlock(dim, mlp_dim, "relu")
         self.norm3 = nn.LayerNorm(dim)
         self.norm4 = nn.LayerNorm(dim)
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample)
