@@ -69,12 +69,13 @@ class MaskUpsampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., low_res, low_res) -> (..., H, W)."""
-        lead = logits.shape[:-2]
-        width = self.col_index.shape[0]
-        columns = logits.transpose(-1, -2).contiguous()
-        columns = columns.index_select(-2, self.col_index.flatten()).view(*lead, width, 4, logits.shape[-2])
-        columns = (columns * self.col_weight[:, :, None]).sum(-2).transpose(-1, -2).contiguous()
-        out = columns.index_select(-2, self.row_index[:, 0]) * self.row_weight[:, :1]
-        for k in range(1, 4):
-            out.addcmul_(columns.index_select(-2, self.row_index[:, k]), self.row_weight[:, k : k + 1])
+        columns = self._taps(logits.transpose(-1, -2).contiguous(), self.col_index, self.col_weight)
+        return self._taps(columns.transpose(-1, -2).contiguous(), self.row_index, self.row_weight)
+
+    @staticmethod
+    def _taps(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Resample axis -2 of ``x``: output row i mixes rows ``index[i]`` with ``weight[i]``."""
+        out = x.index_select(-2, index[:, 0]) * weight[:, :1]
+        for k in range(1, index.shape[1]):
+            out.addcmul_(x.index_select(-2, index[:, k]), weight[:, k : k + 1])
         return out

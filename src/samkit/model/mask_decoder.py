@@ -98,7 +98,6 @@ class MaskDecoder(nn.Module):
         else:
             hs, keys = self.transformer(None, None, tokens, context)
         h, w = image_embeddings.shape[-2:]
-        src = keys.transpose(1, 2).reshape(batch, self.transformer_dim, h, w)
         hyper_in = torch.stack(
             [mlp(hs[:, 1 + i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
