@@ -482,3 +482,50 @@ def test_registry_details():
     # Two models never share a file in the cache.
     filenames = [item.filename for item in weights.REGISTRY.values()]
     assert len(set(filenames)) == len(filenames)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_models_download_list_verify_and_segment_by_name(server, monkeypatch, checkpoint_bytes, tmp_path,
+                                                             capsys):
+    import numpy as np
+    from skimage import io
+
+    from samkit.cli import main
+
+    register(monkeypatch, server.publish("/models/tiny.pth", checkpoint_bytes), checkpoint_bytes)
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "sam_vit_b" in listing and "medsam_vit_b" in listing
+    assert "downloaded" not in next(line for line in listing.splitlines() if line.startswith(TEST_MODEL))
+
+    assert main(["models", "download", TEST_MODEL]) == 0
+    assert str(weights.model_path(TEST_MODEL)) in capsys.readouterr().out
+    assert main(["models"]) == 0
+    assert "downloaded" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith(TEST_MODEL))
+    assert main(["models", "verify", TEST_MODEL]) == 0
+    assert "verified" in capsys.readouterr().out
+
+    image = np.random.default_rng(0).integers(0, 255, (60, 80, 3)).astype(np.uint8)
+    io.imsave(tmp_path / "img.png", image, check_contrast=False)
+    assert main(["embed", str(tmp_path / "img.png"), "--model", TEST_MODEL, "--precision", "fp32"]) == 0
+    embeddings = list((weights.cache_dir() / "embeddings").glob("*.npy"))
+    assert len(embeddings) == 1
+    assert main(["segment", str(tmp_path / "img.png"), "--model", TEST_MODEL, "--precision", "fp32",
+                 "--point", "40,30", "-o", str(tmp_path / "mask.png")]) == 0
+    assert (tmp_path / "mask.png").exists()
+    # The segment run found the embedding computed by `embed`: still one entry.
+    assert list((weights.cache_dir() / "embeddings").glob("*.npy")) == embeddings
+    assert len(server.requests) == 1
+
+
+def test_cli_unknown_model_and_download_without_names(capsys, tmp_path):
+    from samkit.cli import main
+
+    assert main(["models", "download"]) == 2
+    assert "Name the models" in capsys.readouterr().err
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    assert main(["segment", str(image), "--model", "sam_vit_q", "--point", "1,1", "-o", str(tmp_path / "m.tif")]) == 2
+    assert "Known models: sam_vit_b" in capsys.readouterr().err

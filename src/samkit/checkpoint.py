@@ -27,6 +27,13 @@ def _list(names: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _missing(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"No checkpoint file at {path}: check the path, download the model first, or give a model name "
+        "(`samkit models` lists them)."
+    )
+
+
 def _is_torch_file(path: Path) -> bool:
     """Whether the file starts like something ``torch.save`` wrote (a zip archive or a pickle)."""
     if zipfile.is_zipfile(path):
@@ -43,7 +50,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"No checkpoint file at {path}: check the path, or download the model first.")
+        raise _missing(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the path of the checkpoint file (.pth or .pt) inside it.")
     try:
@@ -128,6 +135,19 @@ def model_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "the 
     return model
 
 
+def check_model_name(model: str | os.PathLike) -> weights.ModelEntry | None:
+    """The registry entry ``model`` names, None for a file path; fails early on an unknown name."""
+    name = os.fspath(model)
+    if name in weights.REGISTRY:
+        return weights.REGISTRY[name]
+    path = Path(name)
+    if not path.exists() and os.sep not in name and not path.suffix:
+        weights.entry(name)
+    if not path.exists():
+        raise _missing(path)
+    return None
+
+
 def load_model(
     model: str | os.PathLike,
     device: str | torch.device = "auto",
@@ -149,16 +169,14 @@ def load_model(
     if preprocessing not in (None, "sam", "medsam"):
         raise CheckpointError(f"Unknown preprocessing {preprocessing!r}: use 'sam' or 'medsam'.")
     name = os.fspath(model)
+    entry = check_model_name(name)
     identity = None
-    if name in weights.REGISTRY:
-        entry = weights.REGISTRY[name]
+    if entry is not None:
         path = weights.download(name, progress=progress) if download else weights.verify(name)
         identity = entry.known_hash
         preprocessing = preprocessing or entry.preprocessing
     else:
         path = Path(name)
-        if not path.exists() and os.sep not in name and not path.suffix:
-            weights.entry(name)
     sam = model_from_state_dict(read_state_dict(path), source=name).to(target).eval()
     sam.preprocessing = preprocessing or "sam"
     if identity is not None:

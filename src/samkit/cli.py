@@ -56,11 +56,13 @@ def _predictor(args: argparse.Namespace):
 
 
 def _segment(args: argparse.Namespace) -> None:
+    from .checkpoint import check_model_name
     from .io import check_output_folder, read_image, write_mask
 
     if not args.point and not args.box:
         raise SamkitError("Give a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1.")
     check_output_folder(args.output)
+    check_model_name(args.model)
     image = read_image(args.image)
     predictor = _predictor(args)
     predictor.set_image(image)
@@ -118,9 +120,10 @@ def _auto(args: argparse.Namespace) -> None:
 
     from .automatic import AutomaticMaskGenerator
     from .batch import image_files, segment_files
-    from .checkpoint import load_model
+    from .checkpoint import check_model_name, load_model
 
     files = image_files(args.source)
+    check_model_name(args.model)
     bar = tqdm(total=0, unit="point", leave=False)
 
     def progress(done: int, total: int) -> None:
