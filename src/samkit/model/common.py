@@ -33,17 +33,24 @@ def affine(
 
     On a CPU, float32 matrix products through PyTorch's default BLAS can run
     at half the speed oneDNN reaches (AVX-512 on any x86 vendor), so large
-    float32 inference products go through oneDNN, with the activation fused.
-    Autograd, autocast and other devices take the ordinary path.
+    inference products go through oneDNN, with the activation fused (in
+    bfloat16 under bfloat16 autocast). Autograd and other devices take the
+    ordinary path.
     """
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
     if (
         ONEDNN_LINEAR
         and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and dtype in (torch.float32, torch.bfloat16)
+        and x.dtype in (torch.float32, dtype)
         and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
-        and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     ):
+        if dtype == torch.bfloat16:
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
         attr = activation or "none"
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, attr, [], "none" if activation else "")
     y = F.linear(x, weight, bias)

@@ -64,7 +64,8 @@ class RelPosAttention(nn.Module):
         # explicit bfloat16 matrix products with the bias added in place do.
         explicit = q.dtype == torch.bfloat16 and q.device.type == "cpu"
         if explicit:
-            keys_t = k.transpose(-1, -2)
+            keys_t = k.transpose(-1, -2).contiguous()
+            v = v.contiguous()
             q_scaled = (q * q.shape[-1] ** -0.5).view(b, heads, h, w, -1)
         out = torch.empty_like(q)
         scores = q.new_empty(b, heads, rows * w, h * w)
@@ -77,7 +78,10 @@ class RelPosAttention(nn.Module):
             if explicit:
                 torch.matmul(q_scaled[:, :, r0:r1].reshape(b, heads, rows * w, -1), keys_t, out=scores)
                 grid.add_(rel_h[..., :, None]).add_(rel_w[..., None, :])
-                out[:, :, r0 * w : r1 * w] = torch.softmax(scores, dim=-1) @ v
+                # Softmax in place, in the reused buffer: no fresh tensor of scores per chunk.
+                scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+                scores.div_(scores.sum(dim=-1, keepdim=True))
+                torch.matmul(scores, v, out=out[:, :, r0 * w : r1 * w])
             else:
                 torch.add(rel_h[..., :, None], rel_w[..., None, :], out=grid)
                 out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(
