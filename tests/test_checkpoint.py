@@ -17,7 +17,8 @@ from samkit.checkpoint import model_from_state_dict, read_state_dict
 from samkit.device import native_bf16, resolve_device, resolve_precision
 from samkit.model import ARCHITECTURES, ImageEncoderViT, TinyViT, config_from_state_dict
 
-REFERENCE = Path("/work/shared/reference")
+# Key names and shapes of the published checkpoints (vit_t is MobileSAM, classifier head included).
+REFERENCE = Path(__file__).parent / "data"
 
 
 def official_keys(arch: str) -> dict[str, tuple[int, ...]]:
