@@ -119,9 +119,10 @@ class MaskDecoder(nn.Module):
             y = affine(x, weight, conv.bias.repeat(4), activation)
             return y.view(*x.shape[:-1], 2, 2, cout)
 
-        x = transposed_conv(keys, up1).transpose(2, 3)  # (b, h, 2, w, 2, c1)
+        # Pixels stay in (row, column, sub-row, sub-column) order until the very end.
+        x = transposed_conv(keys, up1)  # (b, h, w, 2, 2, c1)
         x = F.gelu(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-        x = transposed_conv(x, up2, "gelu")  # (b, h, 2, w, 2, 2, 2, c2)
+        x = transposed_conv(x, up2, "gelu")  # (b, h, w, 2, 2, 2, 2, c2)
         masks = x.reshape(b, -1, x.shape[-1]) @ hyper_in.transpose(1, 2)
-        masks = masks.view(b, h, 2, w, 2, 2, 2, -1).permute(0, 7, 1, 2, 5, 3, 4, 6)
+        masks = masks.view(b, h, w, 2, 2, 2, 2, -1).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return masks.reshape(b, -1, 4 * h, 4 * w)
