@@ -529,3 +529,20 @@ def test_cli_unknown_model_and_download_without_names(capsys, tmp_path):
     image.write_bytes(b"")
     assert main(["segment", str(image), "--model", "sam_vit_q", "--point", "1,1", "-o", str(tmp_path / "m.tif")]) == 2
     assert "Known models: sam_vit_b" in capsys.readouterr().err
+
+
+def test_full_disk_during_download_says_so_and_keeps_nothing(server, monkeypatch, small_bytes, cache_folder):
+    import errno
+
+    register(monkeypatch, server.publish("/models/full.bin", small_bytes), small_bytes)
+
+    def disk_full(url, output_file, pooch_instance):
+        with open(output_file, "wb") as file:
+            file.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", lambda self, *args: disk_full(*args))
+    with pytest.raises(CheckpointError, match="Free some disk space"):
+        weights.download(TEST_MODEL, progress=False)
+    assert not weights.model_path(TEST_MODEL).exists()
+    assert files_in(weights.model_path(TEST_MODEL).parent) == []
