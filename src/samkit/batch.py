@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 
 from .automatic import AutomaticMaskGenerator, masks_to_labels
 from .errors import ImageError, SamkitError
