@@ -124,12 +124,12 @@ def _auto(args: argparse.Namespace) -> None:
 
     files = image_files(args.source)
     check_model_name(args.model)
-    bar = tqdm(total=0, unit="point", leave=False)
+    bars: list[tqdm] = []
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, unit="point", leave=False))
+        bars[0].update(done - bars[0].n)
 
     generator = AutomaticMaskGenerator(
         load_model(args.model, device=args.device),
@@ -139,9 +139,10 @@ def _auto(args: argparse.Namespace) -> None:
         progress=progress,
     )
     for i, result in enumerate(segment_files(files, args.output, generator, args.format, args.png), 1):
+        if bars:
+            bars.pop().close()
         state = f"skipped: {result.skipped}" if result.skipped else f"{result.masks} masks"
-        bar.write(f"[{i}/{len(files)}] {result.path.name}: {state}")
-    bar.close()
+        print(f"[{i}/{len(files)}] {result.path.name}: {state}")
     print(f"results in {args.output}")
 
 
