@@ -16,7 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .common import MLPBlock, linear
+from .common import MLPBlock, affine, linear
+
+
+def _few_by_many(few: torch.Tensor, many: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``few @ many^T + bias``: (B, m, C) and (B or 1, N, C) -> (B, m, N), ``bias`` (B, m)."""
+    if few.shape[0] == 1 and many.shape[0] == 1:
+        # One prompt: the image tokens are the rows of a single large product (see ``affine``).
+        return affine(many[0], few[0], bias[0]).t().contiguous()[None]
+    return few @ many.transpose(-1, -2) + bias[..., None]
 
 
 class Attention(nn.Module):
@@ -74,8 +82,8 @@ class Attention(nn.Module):
             return self.out_proj(self._merge(torch.softmax(qh @ kh.transpose(-1, -2), dim=-1) @ vh))
         b, n = q.shape[:2]
         q_folded = (qh @ self._weights(self.k_proj)).reshape(b, -1, k.shape[-1])
-        q_bias = (qh @ self.k_proj.bias.view(self.num_heads, self.head_dim, 1)).reshape(b, -1, 1)
-        attn = torch.softmax(q_folded @ k.transpose(-1, -2) + q_bias, dim=-1)
+        q_bias = (qh @ self.k_proj.bias.view(self.num_heads, self.head_dim, 1)).reshape(b, -1)
+        attn = torch.softmax(_few_by_many(q_folded, k, q_bias), dim=-1)
         mixed = (attn @ v).view(b, self.num_heads, n, -1)
         out = mixed @ self._weights(self.v_proj).transpose(1, 2) + self.v_proj.bias.view(self.num_heads, 1, -1)
         return self.out_proj(self._merge(out))
@@ -101,8 +109,8 @@ class Attention(nn.Module):
             logits = kh @ self.project_image_queries(q).transpose(-1, -2)
         else:
             k_folded = (kh @ self._weights(self.q_proj)).reshape(b, heads * n, -1) / self.head_dim**0.5
-            k_bias = (kh @ self.q_proj.bias.view(heads, self.head_dim, 1)).reshape(b, heads * n, 1)
-            logits = (k_folded @ q.transpose(-1, -2) + k_bias / self.head_dim**0.5).view(b, heads, n, -1)
+            k_bias = (kh @ self.q_proj.bias.view(heads, self.head_dim, 1)).reshape(b, heads * n)
+            logits = _few_by_many(k_folded, q, k_bias / self.head_dim**0.5).view(b, heads, n, -1)
         # logits are (B, heads, n, N): the softmax runs over the few tokens on a non-inner axis.
         attn = torch.softmax(logits, dim=2).reshape(b, heads * n, -1)
         vh = self._heads(self.v_proj(v))
