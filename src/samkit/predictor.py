@@ -29,6 +29,8 @@ class Predictor:
     ``precision="auto"`` runs the image encoder in bfloat16 where the
     hardware has native support and float32 elsewhere; ``"fp32"`` forces
     float32. Prompt encoding and mask decoding always run in float32.
+    ``cache`` (an ``EmbeddingCache``, or True for the default one in the
+    user cache folder) keeps embeddings on disk for ``set_image``.
     """
 
     def __init__(self, model: Sam, precision: str = "auto", cache: EmbeddingCache | bool | None = None) -> None:
