@@ -148,17 +148,14 @@ def _auto(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from . import rle
-    from .io import atomic_output, check_output_folder, read_image
+    from .io import check_output_folder, read_image
 
     check_output_folder(args.output)
     labels = read_image(args.labels)
     if labels.ndim != 2 or labels.dtype.kind not in "biu":
         raise SamkitError(f"{args.labels} is not a label image: expected 2D integers, got {labels.dtype} {labels.shape}.")
     if args.format == "csv":
-        with atomic_output(args.output) as tmp, open(tmp, "w") as file:
-            file.write("id,height,width,rle\n")
-            for label in np.unique(labels[labels > 0]):
-                file.write(f"{label},{labels.shape[0]},{labels.shape[1]},{rle.encode_string(labels == label)}\n")
+        rle.write_strings_csv(args.output, labels)
     else:
         writer = rle.write_sa1b if args.format == "sa1b" else rle.write_coco
         writer(args.output, labels, file_name=Path(args.labels).name)

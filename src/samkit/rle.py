@@ -600,3 +600,14 @@ def read_coco(path: str | os.PathLike, image_id: int | None = None) -> tuple[np.
         if _field(annotation, "image_id", int, f"{where}: annotation {i}", _COCO_HINT) == image["id"]:
             records.append(_read_annotation(annotation, f"{where}: annotation {i}", height, width, _COCO_HINT))
     return records_to_labels(_checked_unique(records, where), (height, width)), records
+
+
+def write_strings_csv(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write one 'start length' string per object of a label image: CSV columns id, height, width, rle."""
+    labels = _as_labels(labels)
+    path = Path(path)
+    with atomic_output(path) as temporary, open(temporary, "x", encoding="utf-8") as file:
+        file.write("id,height,width,rle\n")
+        for label in np.unique(labels[labels > 0]):
+            file.write(f"{label},{labels.shape[0]},{labels.shape[1]},{encode_string(labels == label)}\n")
+    return path
