@@ -167,3 +167,12 @@ def test_full_vit_b_matches(tmp_path):
         assert_close(scores, ref_scores, "scores")
         assert_close(low, ref_low, "low-res logits")
         assert_same_masks(masks, ref_logits)
+
+
+def test_sam_postprocess_masks_matches_official_and_the_direct_upsampler(pair):
+    ours, ref = pair
+    low = torch.randn(2, 3, 64, 64) * 4  # the reduced model's low-res size (256 px input / 4)
+    expected = ref.model.postprocess_masks(low, ref.input_size, ref.original_size)
+    two_step = ours.model.postprocess_masks(low, ours.input_size, ours.original_size)
+    assert_close(two_step.numpy(), expected.numpy(), "postprocess_masks")
+    assert_close(ours.upsample_logits(low).numpy(), expected.numpy(), "direct upsampling")
