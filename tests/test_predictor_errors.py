@@ -417,3 +417,28 @@ def test_predict_torch_batch_sizes_must_agree(embedded):
         raise AssertionError(f"bare {type(exc).__name__}: {exc}") from exc
     else:
         raise AssertionError("accepted")
+
+
+def test_set_image_reports_progress_per_encoder_block(model):
+    predictor = Predictor(model, precision="fp32")
+    seen: list[tuple[int, int]] = []
+    predictor.set_image(_image(), progress=lambda done, total: seen.append((done, total)))
+    total = len(model.image_encoder.blocks) + 1
+    assert seen == [(i, total) for i in range(total + 1)]
+    assert predictor.is_image_set
+
+
+def test_progress_callback_can_cancel_the_encoder_and_leaves_no_image(embedded, model):
+    predictor = Predictor(model, precision="fp32")
+    predictor.set_image(_image(1))
+
+    def stop(done: int, total: int) -> None:
+        if done == 1:
+            raise samkit.Cancelled("stopped by the user")
+
+    with pytest.raises(samkit.Cancelled):
+        predictor.set_image(_image(2), progress=stop)
+    assert not predictor.is_image_set
+    assert all(not module._forward_hooks for module in model.image_encoder.modules())
+    predictor.set_image(_image(2))
+    assert predictor.is_image_set

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -61,11 +62,14 @@ class Predictor:
         channel_axis: int | None = None,
         channels: Sequence[int] | None = None,
         contrast_limits: tuple[float, float] | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         """Compute the embedding of ``image`` (any dtype and channel layout, see ``to_rgb_uint8``).
 
         With a cache, an embedding computed before for the same pixels, model
-        and settings is loaded instead of recomputed.
+        and settings is loaded instead of recomputed. ``progress(done, total)``
+        is called after each stage of the image encoder; an exception it raises
+        (e.g. ``samkit.Cancelled``) stops the encoder and leaves no image set.
         """
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
@@ -85,7 +89,8 @@ class Predictor:
                 return
         x, input_size = self._model_input(rgb)
         self.reset_image()
-        features = self._encode(x)
+        with self._reporting(progress):
+            features = self._encode(x)
         self._use_features(features, original_size, input_size)
         if key is not None:
             self.cache.put(key, CachedEmbedding(features, original_size, input_size))
@@ -104,6 +109,25 @@ class Predictor:
         resized = resize_longest_side(rgb, size)
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
         return self.model.preprocess(x.to(torch.float32)), (resized.shape[0], resized.shape[1])
+
+    @contextmanager
+    def _reporting(self, progress: Callable[[int, int], None] | None):
+        """Call ``progress(done, total)`` after each block (ViT) or stage (TinyViT) of the encoder."""
+        if progress is None:
+            yield
+            return
+        encoder = self.model.image_encoder
+        stages = list(getattr(encoder, "blocks", None) or getattr(encoder, "layers", None) or [])
+        total = len(stages) + 1
+        done = iter(range(1, total))
+        hooks = [stage.register_forward_hook(lambda *_: progress(next(done), total)) for stage in stages]
+        try:
+            progress(0, total)
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+        progress(total, total)
 
     @torch.inference_mode()
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
