@@ -16,6 +16,9 @@ from .model import ImageContext, Sam
 from .preprocess import to_rgb_uint8
 from .transforms import MaskUpsampler, input_shape, resize_longest_side, scale_coords
 
+# The magnitude of the logits a drawn mask becomes as a mask prompt (SAM's own masks reach about 10 to 20).
+MASK_PROMPT_LOGIT = 8.0
+
 
 def _as_float_array(value: object, name: str) -> np.ndarray:
     try:
@@ -179,6 +182,26 @@ class Predictor:
         low_res = model.prompt_encoder.mask_input_size[0]
         self._upsample = MaskUpsampler(low_res, model.img_size, input_size, original_size, self.device)
         self.is_image_set = True
+
+    def mask_to_input(self, mask: np.ndarray, logit: float = MASK_PROMPT_LOGIT) -> np.ndarray:
+        """A binary mask of the image as a ``mask_input`` prompt: (1, 256, 256) logits of +-``logit``.
+
+        The mask is resized into the model's low-res frame the way the image is
+        resized into the encoder's input (padding is background).
+        """
+        from skimage.transform import resize
+
+        self._require_image()
+        mask = np.asarray(mask)
+        if mask.shape != self.original_size:
+            raise PromptError(f"The mask is {mask.shape} but the image is {self.original_size}: give a mask of the image.")
+        low = self.model.prompt_encoder.mask_input_size
+        scale = low[0] / self.model.img_size
+        h, w = (max(1, round(n * scale)) for n in self.input_size)
+        small = resize(mask.astype(np.float32), (h, w), order=1, anti_aliasing=True)
+        out = np.full((1, *low), -logit, dtype=np.float32)
+        out[0, :h, :w] = (2 * small - 1) * logit
+        return out
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image embedding, (1, C, h, w)."""

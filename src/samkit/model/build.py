@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from .image_encoder import ImageEncoderViT, ViTConfig
 from .mask_decoder import MaskDecoder
@@ -64,13 +65,27 @@ def build_sam(config: SamConfig, initialise: bool = True) -> Sam:
     """
     if initialise:
         return _assemble(config).eval()
-    with torch.device("meta"):
-        model = _assemble(config)
-    model = model.to_empty(device="cpu")
-    for module in model.modules():
-        if hasattr(module, "init_fixed_buffers"):
-            module.init_fixed_buffers()
-    return model.eval()
+    with _SkipInitialisation():
+        return _assemble(config).eval()
+
+
+# In-place functions that only (re)initialise weights; building for a state dict skips them.
+_INITIALISERS = frozenset(
+    {"uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_", "xavier_uniform_",
+     "xavier_normal_", "zeros_", "ones_", "constant_", "fill_", "zero_"}
+)
+
+
+class _SkipInitialisation(TorchFunctionMode):
+    """Leaves freshly allocated weights unfilled (no meta device: it would import torch's compiler stack)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _INITIALISERS:
+            target = args[0] if args else kwargs.get("tensor")
+            if isinstance(target, torch.Tensor):
+                return target
+        return func(*args, **kwargs)
 
 
 def _assemble(config: SamConfig) -> Sam:

@@ -47,7 +47,8 @@ class RelPosAttention(nn.Module):
     def init_fixed_buffers(self) -> None:
         """(Re)create the relative-offset index table (a constant, not in the state dict)."""
         grid = self.grid
-        offsets = torch.arange(grid)[:, None] - torch.arange(grid)[None, :] + grid - 1
+        cells = torch.arange(grid, device="cpu")
+        offsets = cells[:, None] - cells[None, :] + grid - 1
         self.register_buffer("rel_index", offsets, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -42,8 +42,8 @@ class Sam(nn.Module):
     def init_fixed_buffers(self) -> None:
         """(Re)create the buffers that are constants, not weights (not in the state dict)."""
         mean, std = self._pixel_stats
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(mean, device="cpu").view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, device="cpu").view(-1, 1, 1), persistent=False)
 
     @property
     def device(self) -> torch.device:

@@ -113,7 +113,8 @@ class WindowAttention(nn.Module):
     def init_fixed_buffers(self) -> None:
         """(Re)create the table of |dy| * window + |dx| per token pair (a constant, not in the state dict)."""
         window = self.window
-        ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        cells = torch.arange(window, device="cpu")
+        ys, xs = torch.meshgrid(cells, cells, indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         index = (ys[:, None] - ys[None, :]).abs() * window + (xs[:, None] - xs[None, :]).abs()
         self.register_buffer("bias_index", index, persistent=False)

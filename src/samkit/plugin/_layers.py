@@ -1,0 +1,143 @@
+"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels, Points, Shapes
+from napari.utils.colormaps import DirectLabelColormap
+
+from ._plane import same_transform, spatial_shape
+
+POINTS = "samkit: points"
+BOXES = "samkit: boxes"
+CANDIDATES = "samkit: candidates"
+CURRENT = "samkit: current"
+OBJECTS = "samkit: objects"
+AUTO = "samkit: auto"
+
+POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
+NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
+CANDIDATE_COLORS = {None: "transparent", 0: "transparent", 1: "#ffd700", 2: "#00bfff", 3: "#ff4500"}
+
+
+def find(viewer: Any, name: str, kind: type) -> Any | None:
+    """The layer called ``name`` of type ``kind``, or None."""
+    for layer in viewer.layers:
+        if layer.name == name and isinstance(layer, kind):
+            return layer
+    return None
+
+
+def _matches(layer: Any, image: Any) -> bool:
+    return layer.ndim == len(spatial_shape(image)) and np.allclose(layer.scale, image.scale) and np.allclose(
+        layer.translate, image.translate
+    )
+
+
+def _adopt_transform(layer: Any, image: Any) -> None:
+    for key, value in same_transform(image).items():
+        setattr(layer, key, value)
+
+
+def points_layer(viewer: Any, image: Any) -> Points:
+    """``samkit: points``: positive/negative clicks in the ``positive`` feature, coloured by sign."""
+    layer = find(viewer, POINTS, Points)
+    if layer is not None and _matches(layer, image):
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    layer = Points(
+        np.zeros((0, len(spatial_shape(image)))),
+        name=POINTS,
+        features={"positive": np.zeros(0, dtype=bool)},
+        feature_defaults={"positive": True},
+        face_color=POSITIVE_COLOR,
+        border_color="white",
+        border_width=0.15,
+        size=max(4.0, min(spatial_shape(image)[-2:]) / 60),
+        **same_transform(image),
+    )
+    layer.current_face_color = POSITIVE_COLOR
+    return viewer.add_layer(layer)
+
+
+def color_points(layer: Points) -> None:
+    """Colour each point by its sign (green positive, magenta negative)."""
+    if len(layer.data) == 0:
+        return
+    positive = np.asarray(layer.features["positive"], dtype=bool)
+    colors = np.where(positive[:, None], POSITIVE_COLOR, NEGATIVE_COLOR)
+    if np.allclose(layer.face_color, colors):
+        return
+    # napari applies colours set while points are selected to the selection only.
+    selected = set(layer.selected_data)
+    layer.selected_data = set()
+    layer.face_color = colors
+    layer.current_face_color = POSITIVE_COLOR
+    layer.selected_data = selected
+
+
+def boxes_layer(viewer: Any, image: Any) -> Shapes:
+    """``samkit: boxes``: rectangles are box prompts; ellipses and polygons add a mask prompt."""
+    layer = find(viewer, BOXES, Shapes)
+    if layer is not None and _matches(layer, image):
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    layer = Shapes(
+        ndim=len(spatial_shape(image)),
+        name=BOXES,
+        edge_color="#00e5ff",
+        face_color="transparent",
+        edge_width=max(1.0, min(spatial_shape(image)[-2:]) / 300),
+        **same_transform(image),
+    )
+    return viewer.add_layer(layer)
+
+
+def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) -> Labels:
+    """A labels layer ``name`` with the image's spatial shape and transform, created or reused.
+
+    An existing layer of that name with another shape is left alone: the new one gets the image's
+    name appended, so no user's labels are replaced.
+    """
+    shape = spatial_shape(image)
+    existing = find(viewer, name, Labels)
+    if existing is not None and existing.data.shape == shape:
+        _adopt_transform(existing, image)
+        return existing
+    if existing is not None:
+        name = f"{name} ({image.name})"
+        existing = find(viewer, name, Labels)
+        if existing is not None and existing.data.shape == shape:
+            return existing
+    layer = Labels(np.zeros(shape, dtype=dtype), name=name, **same_transform(image), **kwargs)
+    return viewer.add_layer(layer)
+
+
+def candidates_layer(viewer: Any, image: Any) -> Labels:
+    """``samkit: candidates``: candidate ``i`` is label ``i + 1``, drawn as an outline."""
+    layer = labels_layer(
+        viewer, image, CANDIDATES, np.uint8, colormap=DirectLabelColormap(color_dict=CANDIDATE_COLORS), opacity=0.9
+    )
+    layer.contour = 2
+    return layer
+
+
+def current_layer(viewer: Any, image: Any) -> Labels:
+    """``samkit: current``: the chosen candidate, filled."""
+    return labels_layer(
+        viewer,
+        image,
+        CURRENT,
+        np.uint8,
+        colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "#ffd700"}),
+        opacity=0.45,
+    )
+
+
+def objects_layer(viewer: Any, image: Any) -> Labels:
+    """``samkit: objects``: committed objects, one id each."""
+    return labels_layer(viewer, image, OBJECTS, np.int32, opacity=0.6)

@@ -1,0 +1,134 @@
+"""The 2D plane of an image layer that the viewer shows, and coordinates between napari and SAM.
+
+napari speaks (row, col) in world coordinates; SAM speaks (x, y) pixels where pixel ``i``
+spans ``[i, i + 1)``. A napari pixel ``i`` is centred on ``i``, so ``sam = napari + 0.5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageError
+
+
+def spatial_shape(layer: Any) -> tuple[int, ...]:
+    """The layer's data shape without the colour axis of an RGB(A) layer."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(int(n) for n in data.shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+@dataclass(frozen=True)
+class Plane:
+    """One 2D plane of an image layer: ``axes`` (row, col) of the layer and the index of every other axis."""
+
+    layer: Any
+    axes: tuple[int, int]
+    index: tuple[tuple[int, int], ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        full = spatial_shape(self.layer)
+        return full[self.axes[0]], full[self.axes[1]]
+
+    @property
+    def ndim(self) -> int:
+        return len(spatial_shape(self.layer))
+
+    @property
+    def label(self) -> str:
+        """Where the plane is, for messages: e.g. ``'axis 0 = 12'``; empty for a 2D layer."""
+        return ", ".join(f"axis {axis} = {i}" for axis, i in self.index)
+
+    def _slicer(self) -> tuple:
+        fixed = dict(self.index)
+        return tuple(fixed.get(axis, slice(None)) for axis in range(self.ndim))
+
+    def image(self) -> np.ndarray:
+        """The plane's pixels, (H, W) or (H, W, C) for an RGB(A) layer."""
+        data = self.layer.data[0] if getattr(self.layer, "multiscale", False) else self.layer.data
+        plane = np.asarray(data[self._slicer()])
+        if self.axes[0] > self.axes[1]:
+            plane = np.swapaxes(plane, 0, 1)
+        return plane
+
+    def read(self, data: np.ndarray) -> np.ndarray:
+        """The plane of a labels array with the layer's spatial shape."""
+        plane = data[self._slicer()]
+        return plane.T if self.axes[0] > self.axes[1] else plane
+
+    def indices(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Full-dimensional indices (for ``Labels.data_setitem``) of the True pixels of a plane mask."""
+        rows, cols = np.nonzero(mask)
+        fixed = dict(self.index)
+        out = []
+        for axis in range(self.ndim):
+            if axis == self.axes[0]:
+                out.append(rows)
+            elif axis == self.axes[1]:
+                out.append(cols)
+            else:
+                out.append(np.full(rows.shape, fixed[axis], dtype=rows.dtype))
+        return tuple(out)
+
+    def write(self, data: np.ndarray, plane: np.ndarray) -> None:
+        """Write a (H, W) plane into a labels array with the layer's spatial shape."""
+        data[self._slicer()] = plane.T if self.axes[0] > self.axes[1] else plane
+
+    def to_sam(self, world: np.ndarray, tolerance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 2) x, y SAM pixels of world points, and which of them lie on this plane."""
+        world = np.atleast_2d(np.asarray(world, dtype=np.float64))
+        if len(world) == 0:
+            return np.zeros((0, 2)), np.zeros(0, dtype=bool)
+        data = np.array([self.layer.world_to_data(p) for p in world])
+        on_plane = np.ones(len(data), dtype=bool)
+        for axis, i in self.index:
+            on_plane &= np.abs(data[:, axis] - i) <= tolerance
+        xy = np.stack([data[:, self.axes[1]], data[:, self.axes[0]]], axis=1) + 0.5
+        return xy, on_plane
+
+
+def _world_ndim(viewer: Any) -> int:
+    return int(viewer.dims.ndim)
+
+
+def plane_in_view(viewer: Any, layer: Any) -> Plane:
+    """The plane of ``layer`` shown in the viewer: its displayed axes and the current index of the others."""
+    if viewer.dims.ndisplay != 2:
+        raise ImageError("The viewer shows 3D: switch to the 2D view (the 2D/3D button) to segment the plane in view.")
+    shape = spatial_shape(layer)
+    ndim = len(shape)
+    if ndim < 2:
+        raise ImageError(f"Layer {layer.name!r} has {ndim} spatial axis: segmenting needs an image with 2 or more.")
+    offset = _world_ndim(viewer) - ndim
+    displayed = [axis - offset for axis in viewer.dims.displayed]
+    if len(displayed) != 2 or min(displayed) < 0:
+        raise ImageError(f"The axes in view are not axes of layer {layer.name!r}: show two of its axes.")
+    data_point = layer.world_to_data(viewer.dims.point)
+    index = []
+    for axis in range(ndim):
+        if axis in displayed:
+            continue
+        i = int(np.floor(data_point[axis] + 0.5))
+        if not 0 <= i < shape[axis]:
+            raise ImageError(
+                f"The slice in view (axis {axis} at {data_point[axis]:.1f}) is outside layer {layer.name!r}, "
+                f"which has {shape[axis]} slices there: move the slider onto the image."
+            )
+        index.append((axis, i))
+    return Plane(layer, (displayed[0], displayed[1]), tuple(index))
+
+
+def same_transform(layer: Any) -> dict[str, Sequence]:
+    """Keyword arguments that give a new layer the spatial transform of ``layer``."""
+    return {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine.affine_matrix,
+    }
