@@ -1,1 +1,5 @@
-"""The napari plugin: reader, writers and sample data (the dock widgets build on these)."""
+"""The napari plugin: dock widgets, the Segmenter scripting API, reader, writers and sample data."""
+
+from ._segmenter import Candidates, Segmenter
+
+__all__ = ["Candidates", "Segmenter"]

@@ -23,7 +23,7 @@ from .. import rle
 from ..automatic import AutomaticMaskGenerator, masks_to_labels, stability_score
 from ..cache import EmbeddingCache
 from ..checkpoint import load_model
-from ..errors import FormatError, NoImageError, ParameterError, PromptError
+from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
 from ..predictor import Predictor
 from ..weights import REGISTRY
@@ -161,22 +161,27 @@ class Segmenter:
 
     # Embedding.
 
-    def embed_request(self) -> EmbedRequest:
-        """What to embed for the plane in view (GUI thread)."""
+    def _view(self) -> tuple[Plane, tuple[float, float] | None, tuple]:
         model = self._require_model()
         layer = self.image_layer
         plane = plane_in_view(self.viewer, layer)
         limits = _contrast_limits(layer)
-        key = (id(layer), id(layer.data), plane.axes, plane.index, limits, id(model), self.precision)
+        return plane, limits, (id(layer), id(layer.data), plane.axes, plane.index, limits, id(model), self.precision)
+
+    def embed_request(self) -> EmbedRequest:
+        """What to embed for the plane in view (GUI thread)."""
+        plane, limits, key = self._view()
         return EmbedRequest(plane, plane.image(), limits, key)
 
     @property
     def needs_embedding(self) -> bool:
-        """Whether the plane in view (or its contrast) differs from the embedded one."""
+        """Whether the plane in view (or its contrast) differs from the embedded one (True when none is)."""
+        if self.embedded is None:
+            return True
         try:
-            return self.embedded is None or self.embed_request().key != self.embedded.key
-        except NoImageError:
-            return False
+            return self._view()[2] != self.embedded.key
+        except SamkitError:
+            return True
 
     def compute_embedding(self, request: EmbedRequest, progress: Progress | None = None) -> Predictor:
         """The embedding of ``request`` in a new predictor (any thread; touches no layer)."""
@@ -211,6 +216,10 @@ class Segmenter:
     def boxes_layer(self) -> Any:
         """``samkit: boxes`` for the current image (created when missing)."""
         return _layers.boxes_layer(self.viewer, self.image_layer)
+
+    def prompt_layers(self) -> tuple[Points, Shapes]:
+        """``samkit: points`` and ``samkit: boxes`` for the current image (created when missing)."""
+        return self.points_layer, self.boxes_layer
 
     def _world(self, position: Sequence[float]) -> np.ndarray:
         """A full world position: leading axes not given are those of the slice in view."""

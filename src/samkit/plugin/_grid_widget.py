@@ -1,0 +1,172 @@
+"""The Grid mode dock widget: segment everything in the plane in view, then keep what you want."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.layers import Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..cli import GENERATOR_OPTIONS
+from ..errors import SamkitError
+from . import _keys, _layers
+from ._jobs import Job
+from ._model_picker import ModelPicker, segmenter_for
+from ._segment_widget import _button
+from ._segmenter import GridResult, Segmenter
+
+
+def _field(kind: type, default: float, tip: str) -> QSpinBox | QDoubleSpinBox:
+    if kind is int:
+        field = QSpinBox()
+        field.setRange(0, 100_000)
+    else:
+        field = QDoubleSpinBox()
+        field.setDecimals(3)
+        field.setRange(0.0, 1_000.0)
+        field.setSingleStep(0.01)
+    field.setValue(kind(default))
+    field.setToolTip(f"{tip} (default {kind(default):g})")
+    return field
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise SamkitError(f"Object ids are whole numbers separated by commas or spaces; got {text!r}.") from None
+
+
+class GridWidget(QWidget):
+    """SAM's automatic mode with every parameter of ``AutomaticMaskGenerator``, run in a worker."""
+
+    finished = Signal()
+
+    def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.segmenter = segmenter or segmenter_for(napari_viewer)
+        self.job: Job | None = None
+        self.picker = ModelPicker(self.segmenter, self._progress)
+        self.fields = {name: _field(kind, default, tip) for name, (kind, default, tip) in GENERATOR_OPTIONS.items()}
+        form = QFormLayout()
+        for name, field in self.fields.items():
+            form.addRow(name.replace("_", " "), field)
+        self.progress = QProgressBar()
+        self.status = QLabel("Segments everything in the image plane in view into 'samkit: auto'.")
+        self.status.setWordWrap(True)
+        self.ids = QLineEdit()
+        self.ids.setPlaceholderText("ids, e.g. 3, 7 (empty: the label selected in 'samkit: auto')")
+        self.overwrite = QCheckBox("Overwrite existing objects")
+        run_row = QHBoxLayout()
+        run_row.addWidget(_button("Run", "G", "Run grid mode on the plane in view", self.run))
+        run_row.addWidget(_button("Cancel", "Escape", "Stop grid mode", self.cancel))
+        move_row = QHBoxLayout()
+        move_row.addWidget(_button("Move selected", "M", "Move these objects to 'samkit: objects'", self.move_selected))
+        move_row.addWidget(_button("Move all", "Shift-M", "Move every object to 'samkit: objects'", self.move_all))
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Model"))
+        layout.addWidget(self.picker)
+        layout.addLayout(form)
+        layout.addLayout(run_row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.ids)
+        layout.addWidget(self.overwrite)
+        layout.addLayout(move_row)
+        layout.addStretch(1)
+        self._actions = {"G": self.run, "Escape": self.cancel, "M": self.move_selected, "Shift-M": self.move_all}
+        for key, action in self._actions.items():
+            _keys.bind(self.viewer, key, action)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The generator's parameters as set in the form."""
+        return {name: GENERATOR_OPTIONS[name][0](field.value()) for name, field in self.fields.items()}
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+
+    def run(self) -> None:
+        """Run grid mode in a worker (loading the chosen model first when none is loaded)."""
+        if self.segmenter.model is None:
+            self.picker.load(then=self.run)
+            return
+        if self.job is not None and self.job.running:
+            show_info("Grid mode is already running: wait for it or cancel it (Escape).")
+            return
+        try:
+            request = self.segmenter.grid_request()
+        except SamkitError as error:
+            show_error(str(error))
+            return
+        params = self.params
+        segmenter = self.segmenter
+        self.status.setText(f"Grid mode on {request.plane.layer.name!r}...")
+        self.job = Job(
+            "Grid mode", lambda report: segmenter.compute_grid(request, params, report), self._show, self._progress
+        )
+        self.job.finished.connect(self._finished)
+        self.job.start()
+
+    def _show(self, result: GridResult) -> None:
+        if result.plane.layer not in self.viewer.layers:
+            show_error("The image was removed while grid mode ran: nothing was added.")
+            return
+        layer = self.segmenter.show_grid(result)
+        found = len(result.table["label"])
+        self.status.setText(f"Found {found} object(s): see '{layer.name}' (its features hold scores and areas).")
+
+    def _finished(self) -> None:
+        if self.job is not None and self.job.cancelled:
+            self.status.setText("Grid mode cancelled; nothing was changed.")
+            self.progress.setValue(0)
+        self.finished.emit()
+
+    def cancel(self) -> None:
+        """Stop grid mode (and a model download)."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+        self.picker.cancel()
+
+    def _move(self, ids: list[int] | None) -> None:
+        try:
+            moved = self.segmenter.move_to_objects(ids, overwrite=self.overwrite.isChecked())
+        except SamkitError as error:
+            show_error(str(error))
+            return
+        self.status.setText(f"Moved {len(moved)} object(s) to '{_layers.OBJECTS}' as {moved}.")
+
+    def move_selected(self) -> None:
+        """Move the objects listed (or the label selected in ``samkit: auto``) to ``samkit: objects``."""
+        try:
+            ids = _ids(self.ids.text())
+        except SamkitError as error:
+            show_error(str(error))
+            return
+        if not ids:
+            auto = _layers.find(self.viewer, _layers.AUTO, Labels)
+            ids = [auto.selected_label] if auto is not None else []
+        self._move(ids)
+
+    def move_all(self) -> None:
+        """Move every object of ``samkit: auto`` to ``samkit: objects``."""
+        self._move(None)
+
+    def closeEvent(self, event: Any) -> None:
+        _keys.unbind(self.viewer, list(self._actions.values()))
+        super().closeEvent(event)

@@ -1,0 +1,88 @@
+"""Background work for the widgets: napari thread workers with progress and cancel."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from ..errors import Cancelled, SamkitError
+
+
+class Job(QObject):
+    """Runs ``func(report)`` in a worker thread; ``report(done, total)`` shows progress and cancels.
+
+    ``on_done(result)`` runs on the GUI thread. A samkit error shows as a notification with its
+    message; any other error as a notification too (with its type), never only in a terminal.
+    """
+
+    progressed = Signal(int, int)
+    finished = Signal()
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[[Callable[[int, int], None]], Any],
+        on_done: Callable[[Any], None],
+        on_progress: Callable[[int, int], None] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self._func = func
+        self._on_done = on_done
+        self._cancel = threading.Event()
+        self._quiet = quiet
+        self.running = False
+        if on_progress is not None:
+            self.progressed.connect(on_progress)
+
+    def report(self, done: int, total: int) -> None:
+        """Progress from the worker; raises ``Cancelled`` once cancel was asked for."""
+        if self._cancel.is_set():
+            raise Cancelled(f"{self.name} was cancelled.")
+        self.progressed.emit(int(done), int(total))
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at its next progress report."""
+        self._cancel.set()
+
+    def start(self) -> None:
+        worker = create_worker(
+            self._func,
+            self.report,
+            _start_thread=False,
+            _connect={"returned": self._returned, "errored": self._errored, "finished": self._finished},
+        )
+        self.running = True
+        self._worker = worker
+        worker.start()
+
+    def _returned(self, result: Any) -> None:
+        if self._cancel.is_set():
+            return
+        try:
+            self._on_done(result)
+        except SamkitError as error:
+            show_error(str(error))
+
+    def _errored(self, error: BaseException) -> None:
+        if isinstance(error, Cancelled):
+            if not self._quiet:
+                show_info(str(error))
+        elif isinstance(error, SamkitError):
+            show_error(str(error))
+        else:
+            show_error(f"{self.name} failed: {type(error).__name__}: {error}")
+
+    def _finished(self) -> None:
+        self.running = False
+        self.finished.emit()

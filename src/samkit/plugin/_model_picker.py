@@ -1,0 +1,145 @@
+"""The model chooser shared by the widgets: registry names with their download state, or a file."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import weights
+from ..checkpoint import load_model
+from ._jobs import Job
+from ._segmenter import Segmenter
+
+CHOOSE_FILE = "Load a checkpoint file..."
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+_SEGMENTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def segmenter_for(viewer: Any) -> Segmenter:
+    """The one Segmenter of a viewer, shared by its samkit widgets."""
+    if viewer not in _SEGMENTERS:
+        _SEGMENTERS[viewer] = Segmenter(viewer)
+    return _SEGMENTERS[viewer]
+
+
+def _label(name: str) -> str:
+    entry = weights.entry(name)
+    if weights.is_downloaded(name):
+        return f"{name} (downloaded)"
+    size = f", {entry.size / 1e6:.0f} MB" if entry.size else ""
+    return f"{name} (download{size})"
+
+
+class ModelPicker(QWidget):
+    """Model and device pickers with a Load button; loading runs in a worker with progress."""
+
+    loaded = Signal(str)
+
+    def __init__(self, segmenter: Segmenter, on_progress: Callable[[int, int], None] | None = None) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self._on_progress = on_progress
+        self.job: Job | None = None
+        self._then: list[Callable[[], None]] = []
+        self.models = QComboBox()
+        self.models.setToolTip("Registry models (downloaded on first use and verified) or a checkpoint file")
+        for name in weights.REGISTRY:
+            self.models.addItem(_label(name), name)
+        self.models.addItem(CHOOSE_FILE, None)
+        downloaded = [i for i, name in enumerate(weights.REGISTRY) if weights.is_downloaded(name)]
+        self.models.setCurrentIndex(downloaded[0] if downloaded else 0)
+        self.models.activated.connect(self._activated)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device.setToolTip("auto: cuda, then mps, then cpu")
+        self.load_button = QPushButton("Load (Shift+L)")
+        self.load_button.setToolTip("Load the chosen model (Shift+L)")
+        self.load_button.clicked.connect(lambda: self.load())
+        self.status = QLabel("No model loaded")
+        row = QHBoxLayout()
+        row.addWidget(self.models, 3)
+        row.addWidget(self.device, 1)
+        row.addWidget(self.load_button, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        layout.addWidget(self.status)
+
+    def _activated(self, index: int) -> None:
+        if self.models.itemData(index) is None:
+            path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt *.ckpt);;All (*)")
+            if path:
+                self.add_file(path)
+
+    def add_file(self, path: str | Path) -> None:
+        """Add a checkpoint file to the list and choose it."""
+        path = str(path)
+        index = self.models.findData(path)
+        if index < 0:
+            self.models.insertItem(self.models.count() - 1, Path(path).name, path)
+            index = self.models.count() - 2
+        self.models.setCurrentIndex(index)
+
+    @property
+    def choice(self) -> str | None:
+        return self.models.currentData()
+
+    def load(self, then: Callable[[], None] | None = None) -> None:
+        """Load the chosen model in a worker, then run ``then`` on the GUI thread."""
+        if then is not None:
+            self._then.append(then)
+        if self.job is not None and self.job.running:
+            return
+        choice = self.choice
+        if choice is None:
+            self._activated(self.models.currentIndex())
+            choice = self.choice
+            if choice is None:
+                self._then.clear()
+                return
+        device = self.device.currentText()
+        self.status.setText(f"Loading {Path(choice).name}...")
+        self.job = Job(
+            f"Loading {Path(choice).name}",
+            lambda report: load_model(choice, device=device, progress=report),
+            lambda model: self._loaded(model, choice),
+            self._on_progress,
+        )
+        self.job.finished.connect(self._finished)
+        self.job.start()
+
+    def _loaded(self, model: Any, choice: str) -> None:
+        name = choice if choice in weights.REGISTRY else Path(choice).name
+        self.segmenter.use_model(model, name)
+        self.status.setText(f"Model: {name} on {model.device}")
+        show_info(f"samkit: loaded {name} on {model.device}.")
+        if choice in weights.REGISTRY:
+            self.models.setItemText(self.models.currentIndex(), _label(choice))
+        self.loaded.emit(name)
+        then, self._then = self._then, []
+        for action in then:
+            action()
+
+    def _finished(self) -> None:
+        if self.segmenter.model is None or self.status.text().startswith("Loading"):
+            self.status.setText("No model loaded" if self.segmenter.model is None else f"Model: {self.segmenter.model_name}")
+            self._then.clear()
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()

@@ -1,0 +1,399 @@
+"""The Segment dock widget: embed the image in view, prompt, choose a candidate, commit, export."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from napari.layers import Image, Points, Shapes
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import SamkitError
+from . import _keys, _layers
+from ._jobs import Job
+from ._model_picker import ModelPicker, segmenter_for
+from ._segmenter import Candidates, Segmenter
+
+PREDICT_DELAY_MS = 15
+CONTRAST_DELAY_MS = 400
+EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
+
+
+def _button(text: str, key: str, tip: str, action: Any) -> QPushButton:
+    button = QPushButton(f"{text} ({key.replace('-', '+')})")
+    button.setToolTip(f"{tip} ({key.replace('-', '+')})")
+    button.clicked.connect(lambda: action())
+    return button
+
+
+class SegmentWidget(QWidget):
+    """Click or draw prompts on the image in view and get SAM's masks, live."""
+
+    candidates_shown = Signal()
+    embedded = Signal()
+
+    def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.segmenter = segmenter or segmenter_for(napari_viewer)
+        self.embed_job: Job | None = None
+        self.predict_job: Job | None = None
+        self._embed_again = False
+        self._predict_again = False
+        self._last_problems: list[str] = []
+        self._watched: weakref.WeakSet = weakref.WeakSet()
+
+        self.picker = ModelPicker(self.segmenter, self._progress)
+        self.image = QComboBox()
+        self.image.setToolTip("The image layer to segment (follows the selected layer)")
+        self.image.activated.connect(self._image_chosen)
+        self.embed_button = _button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
+        self.cancel_button = _button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setTextVisible(True)
+        self.status = QLabel("Load a model, then embed the image.")
+        self.status.setWordWrap(True)
+
+        self.rows: list[QRadioButton] = []
+        self.choices = QButtonGroup(self)
+        candidates = QGroupBox("Candidates (keys 1, 2, 3)")
+        grid = QGridLayout(candidates)
+        for i in range(3):
+            row = QRadioButton(f"{i + 1}: -")
+            row.setToolTip(f"Choose candidate {i + 1} (key {i + 1})")
+            row.setEnabled(False)
+            self.choices.addButton(row, i)
+            grid.addWidget(row, i, 0)
+            self.rows.append(row)
+        self.choices.idClicked.connect(self.choose)
+
+        self.overwrite = QCheckBox("Overwrite existing objects")
+        self.overwrite.setToolTip("Off: a commit never changes pixels of objects already in 'samkit: objects'")
+        prompts = QHBoxLayout()
+        prompts.addWidget(_button("Toggle sign", "T", "Make the selected points negative/positive", self.toggle_sign))
+        prompts.addWidget(_button("Clear", "X", "Remove all prompts", self.clear))
+        objects = QHBoxLayout()
+        objects.addWidget(_button("Commit", "C", "Add the chosen mask to 'samkit: objects'", self.commit))
+        objects.addWidget(_button("Undo", "U", "Undo the last change to 'samkit: objects'", self.undo))
+        export = _button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Model"))
+        layout.addWidget(self.picker)
+        layout.addWidget(QLabel("Image"))
+        layout.addWidget(self.image)
+        embed_row = QHBoxLayout()
+        embed_row.addWidget(self.embed_button)
+        embed_row.addWidget(self.cancel_button)
+        layout.addLayout(embed_row)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        hint = QLabel(
+            "Click on 'samkit: points' (T flips a point's sign); draw a rectangle, ellipse or polygon "
+            "on 'samkit: boxes'. Masks follow live."
+        )
+        hint.setWordWrap(True)
+        layout.addWidget(hint)
+        layout.addLayout(prompts)
+        layout.addWidget(candidates)
+        layout.addWidget(self.overwrite)
+        layout.addLayout(objects)
+        layout.addWidget(export)
+        layout.addStretch(1)
+
+        self._predict_timer = QTimer(self, singleShot=True, interval=PREDICT_DELAY_MS)
+        self._predict_timer.timeout.connect(self.predict)
+        self._contrast_timer = QTimer(self, singleShot=True, interval=CONTRAST_DELAY_MS)
+        self._contrast_timer.timeout.connect(self._contrast_settled)
+        self._actions = {
+            "1": lambda: self.choose(0),
+            "2": lambda: self.choose(1),
+            "3": lambda: self.choose(2),
+            "C": self.commit,
+            "X": self.clear,
+            "T": self.toggle_sign,
+            "U": self.undo,
+            "Shift-E": self.embed,
+            "Shift-S": self.export,
+            "Shift-L": lambda: self.picker.load(),
+            "Escape": self.cancel,
+        }
+        for key, action in self._actions.items():
+            _keys.bind(self.viewer, key, action)
+
+        layers = self.viewer.layers
+        layers.events.inserted.connect(self._layers_changed)
+        layers.events.removed.connect(self._layers_changed)
+        layers.selection.events.active.connect(self._follow_selection)
+        self.viewer.dims.events.current_step.connect(self._view_moved)
+        self._layers_changed()
+
+    # Layers.
+
+    def _layers_changed(self, event: Any = None) -> None:
+        current = self.image.currentText()
+        self.image.clear()
+        for layer in self.viewer.layers:
+            if isinstance(layer, Image):
+                self.image.addItem(layer.name)
+            self._watch(layer)
+        index = self.image.findText(current)
+        if index >= 0:
+            self.image.setCurrentIndex(index)
+        self._sync_image()
+        if event is not None and getattr(event, "type", "") == "removed":
+            self._removed(event.value)
+
+    def _watch(self, layer: Any) -> None:
+        """Follow contrast changes of images and edits of samkit's prompt layers."""
+        if layer in self._watched:
+            return
+        if isinstance(layer, Image):
+            layer.events.contrast_limits.connect(self._contrast_changed)
+        elif isinstance(layer, (Points, Shapes)) and layer.name in (_layers.POINTS, _layers.BOXES):
+            layer.events.data.connect(self._prompts_changed)
+            if isinstance(layer, Points):
+                layer.events.data.connect(lambda event, points=layer: _layers.color_points(points))
+        else:
+            return
+        self._watched.add(layer)
+
+    def _removed(self, layer: Any) -> None:
+        embedded = self.segmenter.embedded
+        if embedded is not None and embedded.plane.layer is layer:
+            self.segmenter.forget()
+            self.status.setText(f"Image {layer.name!r} was removed: its embedding is dropped.")
+            if self.embed_job is not None and self.embed_job.running:
+                self.embed_job.cancel()
+
+    def _follow_selection(self, event: Any = None) -> None:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.image.setCurrentText(active.name)
+            self._sync_image()
+
+    def _image_chosen(self, index: int) -> None:
+        self._sync_image()
+
+    def _sync_image(self) -> None:
+        name = self.image.currentText()
+        layer = next((lay for lay in self.viewer.layers if isinstance(lay, Image) and lay.name == name), None)
+        self.segmenter.image_layer = layer
+
+    def _contrast_changed(self, event: Any = None) -> None:
+        embedded = self.segmenter.embedded
+        if embedded is not None and event is not None and event.source is embedded.plane.layer:
+            self._contrast_timer.start()
+
+    def _contrast_settled(self) -> None:
+        embedded = self.segmenter.embedded
+        if embedded is None or embedded.plane.layer not in self.viewer.layers:
+            return
+        try:
+            stale = self.segmenter.image_layer is embedded.plane.layer and self.segmenter.needs_embedding
+        except SamkitError:
+            return
+        if stale:
+            self.embed()
+
+    def _view_moved(self, event: Any = None) -> None:
+        if self.segmenter.embedded is not None:
+            self._contrast_timer.start()
+
+    # Embedding.
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+
+    def embed(self) -> None:
+        """Embed the plane in view in a worker (loads the chosen model first when none is loaded)."""
+        if self.segmenter.model is None:
+            self.picker.load(then=self.embed)
+            return
+        if self.embed_job is not None and self.embed_job.running:
+            self._embed_again = True
+            self.embed_job.cancel()
+            return
+        try:
+            request = self.segmenter.embed_request()
+        except SamkitError as error:
+            show_error(str(error))
+            return
+        self.status.setText(f"Embedding {request.plane.layer.name!r} {request.plane.label}...".replace(" ...", "..."))
+        segmenter = self.segmenter
+        self.embed_job = Job(
+            "Embedding",
+            lambda report: segmenter.compute_embedding(request, report),
+            lambda predictor: self._embedded(request, predictor),
+            self._progress,
+            quiet=True,
+        )
+        self.embed_job.finished.connect(self._embed_finished)
+        self.embed_job.start()
+
+    def _embedded(self, request: Any, predictor: Any) -> None:
+        if not self.segmenter.install_embedding(request, predictor):
+            show_warning("The image or the model changed while embedding; embed again (Shift+E).")
+            return
+        plane = f" ({request.plane.label})" if request.plane.label else ""
+        self.status.setText(f"Embedded {request.plane.layer.name!r}{plane} with {self.segmenter.model_name}.")
+        points, _ = self.segmenter.prompt_layers()
+        self.viewer.layers.selection.active = points
+        points.mode = "add"
+        self.embedded.emit()
+        self.schedule_predict()
+
+    def _embed_finished(self) -> None:
+        if self._embed_again:
+            self._embed_again = False
+            self.embed()
+        elif self.embed_job is not None and self.embed_job.cancelled:
+            self.status.setText("Embedding cancelled.")
+            self.progress.setValue(0)
+
+    def cancel(self) -> None:
+        """Stop the running embedding (and a model download)."""
+        self._embed_again = False
+        if self.embed_job is not None and self.embed_job.running:
+            self.embed_job.cancel()
+        self.picker.cancel()
+
+    # Prediction.
+
+    def _prompts_changed(self, event: Any = None) -> None:
+        action = getattr(event, "action", None)
+        if action is None or str(action).endswith("ed"):
+            self.schedule_predict()
+
+    def schedule_predict(self) -> None:
+        """Predict soon (prompt edits in quick succession give one prediction)."""
+        self._predict_timer.start()
+
+    def predict(self) -> None:
+        """Predict the candidates of the current prompt in a worker."""
+        segmenter = self.segmenter
+        if segmenter.model is None:
+            return
+        if segmenter.predictor is None or segmenter.needs_embedding:
+            if segmenter.predictor is not None or self.embed_job is None or not self.embed_job.running:
+                self.embed()
+            return
+        if self.predict_job is not None and self.predict_job.running:
+            self._predict_again = True
+            return
+        try:
+            prompt = segmenter.prompt()
+        except SamkitError as error:
+            show_error(str(error))
+            return
+        if prompt.problems and prompt.problems != self._last_problems:
+            for problem in prompt.problems:
+                show_warning(problem)
+        self._last_problems = prompt.problems
+        if prompt.empty:
+            segmenter.show(None)
+            self._update_rows(None)
+            self.candidates_shown.emit()
+            return
+        predictor, embedded = segmenter.predictor, segmenter.embedded
+        self.predict_job = Job(
+            "Prediction",
+            lambda report: segmenter.compute_candidates(prompt, predictor, embedded.plane, embedded.key),
+            self._show,
+        )
+        self.predict_job.finished.connect(self._predict_finished)
+        self.predict_job.start()
+
+    def _show(self, candidates: Candidates) -> None:
+        if self.segmenter.embedded is None or candidates.key != self.segmenter.embedded.key:
+            return
+        self.segmenter.show(candidates)
+        self._update_rows(candidates)
+        self.candidates_shown.emit()
+
+    def _predict_finished(self) -> None:
+        if self._predict_again:
+            self._predict_again = False
+            self.predict()
+
+    def _update_rows(self, candidates: Candidates | None) -> None:
+        for i, row in enumerate(self.rows):
+            if candidates is None or i >= len(candidates.masks):
+                row.setText(f"{i + 1}: -")
+                row.setEnabled(False)
+                continue
+            area = int(candidates.masks[i].sum())
+            row.setText(
+                f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"
+            )
+            row.setEnabled(True)
+        if candidates is not None:
+            self.rows[candidates.chosen].setChecked(True)
+
+    # Actions.
+
+    def _run(self, action: Any) -> Any:
+        try:
+            return action()
+        except SamkitError as error:
+            show_error(str(error))
+            return None
+
+    def choose(self, index: int) -> None:
+        """Choose candidate ``index`` (0-2)."""
+        self._run(lambda: self.segmenter.choose(index))
+        if self.segmenter.candidates is not None:
+            self._update_rows(self.segmenter.candidates)
+
+    def toggle_sign(self) -> None:
+        """Flip the sign of the selected points (else the last point)."""
+        self._run(self.segmenter.toggle_sign)
+        self.schedule_predict()
+
+    def clear(self) -> None:
+        """Remove all prompts and candidates."""
+        self._run(self.segmenter.clear)
+        self._update_rows(None)
+
+    def commit(self) -> None:
+        """Write the chosen mask into ``samkit: objects``."""
+        new_id = self._run(lambda: self.segmenter.commit(overwrite=self.overwrite.isChecked()))
+        if new_id is not None:
+            self._update_rows(None)
+            self.status.setText(f"Committed object {new_id} to '{_layers.OBJECTS}'.")
+
+    def undo(self) -> None:
+        """Undo the last commit."""
+        self._run(self.segmenter.undo)
+
+    def export(self, path: str | None = None, format: str | None = None) -> None:
+        """Save ``samkit: objects`` as RLE (asks for a file when ``path`` is None)."""
+        if path is None:
+            path, chosen = QFileDialog.getSaveFileName(self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS))
+            if not path:
+                return
+            format = EXPORT_FILTERS.get(chosen)
+        saved = self._run(lambda: self.segmenter.export(path, format))
+        if saved is not None:
+            show_info(f"samkit: saved {saved}")
+
+    def closeEvent(self, event: Any) -> None:
+        _keys.unbind(self.viewer, list(self._actions.values()))
+        super().closeEvent(event)

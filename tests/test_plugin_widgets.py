@@ -1,0 +1,359 @@
+"""The Segment and Grid mode dock widgets, driven in a real napari viewer with a small model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from napari.utils.notifications import notification_manager
+
+from samkit.plugin import _io, _layers
+from samkit.plugin._grid_widget import GridWidget
+from samkit.plugin._segment_widget import SegmentWidget
+
+WAIT_MS = 30_000
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during a test."""
+    seen: list[str] = []
+
+    def keep(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def _image(h: int = 96, w: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w]
+    image = 600 + 300 * ((yy - 40) ** 2 + (xx - 60) ** 2 < 20**2) + rng.normal(0, 30, (h, w))
+    return image.astype(np.uint16)
+
+
+def _press(viewer, key: str) -> None:
+    """A key press through napari's own key handling (active layer first, then the viewer)."""
+    viewer.window._qt_viewer._key_map_handler.press_key(key)
+
+
+def _widget(viewer, qtbot, checkpoint) -> SegmentWidget:
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.picker.add_file(checkpoint)
+    widget.picker.device.setCurrentText("cpu")
+    widget.segmenter.precision = "fp32"
+    return widget
+
+
+def _embed(widget, qtbot) -> None:
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        widget.embed()
+
+
+def _click(widget, qtbot, position, positive=True) -> None:
+    """Add a point as a click in add mode does, and wait for the live prediction."""
+    layer = widget.segmenter.points_layer
+    with qtbot.waitSignal(widget.candidates_shown, timeout=WAIT_MS):
+        layer.add(np.asarray(layer.world_to_data(position))[None])
+        if not positive:
+            widget.toggle_sign()
+
+
+def test_embed_point_choose_commit_negative_box_undo(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), name="cells")
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    segmenter = widget.segmenter
+    assert segmenter.embedded.plane.layer is image
+    assert viewer.layers.selection.active.name == _layers.POINTS
+
+    _click(widget, qtbot, (40, 60))
+    found = segmenter.candidates
+    assert found.masks.shape == (3, 96, 128) and found.iou.shape == (3,) and found.stability.shape == (3,)
+    assert found.chosen == int(np.argmax(found.iou))
+    outlines = viewer.layers[_layers.CANDIDATES].data
+    assert outlines.shape == (96, 128) and set(np.unique(outlines)) <= {0, 1, 2, 3}
+    assert all(row.isEnabled() for row in widget.rows)
+
+    _press(viewer, "2")
+    assert segmenter.candidates.chosen == 1
+    current = viewer.layers[_layers.CURRENT].data
+    np.testing.assert_array_equal(current > 0, found.masks[1])
+
+    _press(viewer, "C")
+    objects = viewer.layers[_layers.OBJECTS].data
+    np.testing.assert_array_equal(objects == 1, found.masks[1])
+    assert len(segmenter.points_layer.data) == 0 and segmenter.candidates is None
+    record = viewer.layers[_layers.OBJECTS].metadata["samkit_objects"][1]
+    assert record["points"] == [[60.5, 40.5]] and record["labels"] == [1]
+
+    _click(widget, qtbot, (30, 50))
+    _click(widget, qtbot, (70, 100), positive=False)
+    assert segmenter.points_layer.features["positive"].tolist() == [True, False]
+    assert segmenter.candidates.masks.shape == (1, 96, 128)
+    assert segmenter.candidates.prompt.labels.tolist() == [1, 0]
+    colors = segmenter.points_layer.face_color
+    assert not np.allclose(colors[0], colors[1])
+
+    _press(viewer, "X")
+    assert len(segmenter.points_layer.data) == 0
+    boxes = segmenter.boxes_layer
+    with qtbot.waitSignal(widget.candidates_shown, timeout=WAIT_MS):
+        boxes.add(np.array([[10, 20], [10, 90], [60, 90], [60, 20]]), shape_type="rectangle")
+    assert segmenter.candidates.masks.shape == (1, 96, 128)
+    np.testing.assert_allclose(segmenter.candidates.prompt.box, [20.5, 10.5, 90.5, 60.5])
+
+    _press(viewer, "U")
+    assert viewer.layers[_layers.OBJECTS].data.max() == 0
+
+
+def test_commit_keeps_existing_objects_unless_overwrite(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    objects = widget.segmenter.objects_layer
+    objects.data[:] = 7
+    _click(widget, qtbot, (40, 60))
+    widget.commit()
+    assert (objects.data == 7).all()
+    assert any("existing objects" in note for note in notes)
+    widget.overwrite.setChecked(True)
+    chosen = widget.segmenter.candidates.masks[widget.segmenter.candidates.chosen]
+    widget.commit()
+    np.testing.assert_array_equal(objects.data == 8, chosen)
+
+
+class _DiscPredictor:
+    """Stands in for the model: the mask is a disc of radius 6 px around the first point."""
+
+    def __init__(self, shape, model):
+        self.model = model
+        self.shape = shape
+
+    def mask_to_input(self, mask):
+        return None
+
+    def predict(self, point_coords, point_labels, box, mask_input, multimask_output, return_logits):
+        yy, xx = np.mgrid[: self.shape[0], : self.shape[1]] + 0.5
+        x, y = point_coords[0]
+        logits = 6.0 - np.sqrt((xx - x) ** 2 + (yy - y) ** 2)
+        count = 3 if multimask_output else 1
+        return np.repeat(logits[None], count, 0).astype(np.float32), np.full(count, 0.9), np.zeros((count, 8, 8))
+
+
+def test_scaled_and_translated_layer_puts_masks_under_the_prompt(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), scale=(0.5, 2.0), translate=(100.0, -40.0))
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    segmenter = widget.segmenter
+    real = segmenter.compute_embedding
+
+    def disc_predictor(request, progress=None):
+        return _DiscPredictor(request.plane.shape, real(request, progress).model)
+
+    segmenter.compute_embedding = disc_predictor
+    _embed(widget, qtbot)
+    world = (100.0 + 0.5 * 30, -40.0 + 2.0 * 70)
+    _click(widget, qtbot, world)
+    widget.commit()
+    objects = viewer.layers[_layers.OBJECTS]
+    np.testing.assert_allclose(objects.scale, image.scale)
+    np.testing.assert_allclose(objects.translate, image.translate)
+    rows, cols = np.nonzero(objects.data == 1)
+    assert abs(rows.mean() - 30) < 0.5 and abs(cols.mean() - 70) < 0.5
+    assert objects.data[30, 70] == 1 and objects.data[30, 80] == 0
+
+
+def test_stack_segments_the_plane_in_view(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    stack = np.stack([_image() for _ in range(4)])
+    viewer.add_image(stack[None].repeat(2, axis=0), name="stack")  # 4D: (t, z, y, x)
+    viewer.dims.set_current_step(0, 1)
+    viewer.dims.set_current_step(1, 2)
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    plane = widget.segmenter.embedded.plane
+    assert plane.index == ((0, 1), (1, 2)) and plane.shape == (96, 128)
+    _click(widget, qtbot, (1, 2, 40, 60))
+    widget.commit()
+    objects = viewer.layers[_layers.OBJECTS].data
+    assert objects.shape == (2, 4, 96, 128)
+    assert objects[1, 2].max() == 1 and objects.sum() == objects[1, 2].sum()
+
+
+def test_rgb_and_multichannel_layers(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    rgb = np.random.default_rng(1).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    viewer.add_image(rgb, name="rgb")
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    assert widget.segmenter.embedded.pixels.shape == (64, 80, 3)
+    assert widget.segmenter.embedded.contrast_limits is None
+    viewer.add_image(np.zeros((2, 64, 80), np.float32), name="two channels", channel_axis=0)
+    viewer.layers.selection.active = viewer.layers["two channels [1]"]
+    _embed(widget, qtbot)
+    assert widget.segmenter.embedded.plane.layer.name == "two channels [1]"
+    assert widget.segmenter.embedded.pixels.shape == (64, 80)
+
+
+def test_contrast_change_re_embeds(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    first = widget.segmenter.embedded
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        image.contrast_limits = (500, 1000)
+    assert widget.segmenter.embedded.contrast_limits == (500.0, 1000.0)
+    assert widget.segmenter.embedded.key != first.key
+
+
+def test_grid_mode_move_and_export_round_trip(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    segment = _widget(viewer, qtbot, tiny_checkpoint)
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    assert grid.segmenter is segment.segmenter
+    with qtbot.waitSignal(segment.picker.loaded, timeout=WAIT_MS):
+        segment.picker.load()
+    assert grid.params["points_per_side"] == 32 and grid.params["pred_iou_thresh"] == pytest.approx(0.88)
+    grid.fields["points_per_side"].setValue(4)
+    grid.fields["pred_iou_thresh"].setValue(0.0)
+    grid.fields["stability_score_thresh"].setValue(0.0)
+    grid.fields["box_nms_thresh"].setValue(1.0)
+    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
+        grid.run()
+    auto = viewer.layers[_layers.AUTO]
+    ids = sorted(int(i) for i in np.unique(auto.data) if i)
+    assert ids and auto.features["label"].tolist()[: len(ids)] == list(range(1, len(ids) + 1))
+    assert {"predicted_iou", "stability_score", "area"} <= set(auto.features.columns)
+
+    grid.ids.setText(str(ids[0]))
+    _press(viewer, "M")
+    objects = viewer.layers[_layers.OBJECTS].data
+    np.testing.assert_array_equal(objects == 1, auto.data == ids[0])
+    grid.move_all()
+    assert objects.max() >= 1
+
+    path = tmp_path / "objects.json"
+    segment.export(str(path), "sa1b")
+    [(data, _, kind)] = _io.get_reader(str(path))(str(path))
+    assert kind == "labels"
+    np.testing.assert_array_equal(data, objects)
+    path = tmp_path / "objects_coco.json"
+    segment.export(str(path), "coco")
+    opened = viewer.open(str(path), plugin="napari-samkit")
+    np.testing.assert_array_equal(opened[0].data, objects)
+
+
+def test_no_image_and_bad_model_give_notifications(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path, notes):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
+        widget.picker.load()
+    widget.embed()
+    assert any("no image layer" in note for note in notes)
+    loaded = widget.segmenter.model
+
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    widget.picker.add_file(bad)
+    widget.picker.load()
+    qtbot.waitUntil(lambda: any("broken.pth" in note for note in notes), timeout=WAIT_MS)
+    assert widget.segmenter.model is loaded
+
+
+def _gated_embedding(segmenter):
+    """Make the embedding wait at its first progress report until the test opens the gate."""
+    real = segmenter.compute_embedding
+    started, gate = threading.Event(), threading.Event()
+
+    def gated(request, progress=None):
+        progress(0, 2)
+        started.set()
+        gate.wait(10)
+        progress(1, 2)
+        return real(request, progress)
+
+    segmenter.compute_embedding = gated
+    return started, gate
+
+
+def test_cancel_in_the_middle_of_an_embedding(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
+        widget.picker.load()
+    started, gate = _gated_embedding(widget.segmenter)
+    widget.embed()
+    assert started.wait(10)
+    _press(viewer, "Escape")
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
+    assert widget.segmenter.embedded is None
+    assert "cancelled" in widget.status.text()
+
+
+def test_image_removed_while_embedding(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), name="gone")
+    keep = viewer.add_labels(np.ones((96, 128), np.int32), name="my labels")
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
+        widget.picker.load()
+    started, gate = _gated_embedding(widget.segmenter)
+    widget.embed()
+    assert started.wait(10)
+    viewer.layers.remove(image)
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
+    assert widget.segmenter.embedded is None
+    assert [layer.name for layer in viewer.layers] == ["my labels"] and (keep.data == 1).all()
+
+
+def test_prompts_outside_the_image_are_ignored_with_a_warning(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    _click(widget, qtbot, (40, 60))
+    _click(widget, qtbot, (500, 900))
+    assert len(widget.segmenter.candidates.prompt.points) == 1
+    assert any("outside the image" in note for note in notes)
+    assert len(widget.segmenter.points_layer.data) == 2
+
+
+def test_3d_view_is_refused_with_a_notification(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([_image()] * 3))
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
+        widget.picker.load()
+    viewer.dims.ndisplay = 3
+    widget.embed()
+    assert any("2D view" in note for note in notes)
+    assert widget.segmenter.embedded is None
+
+
+def test_model_is_built_in_float32_on_cpu(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
+        widget.picker.load()
+    model = widget.segmenter.model
+    assert model.device == torch.device("cpu") and widget.segmenter.model_name == tiny_checkpoint.name
+    assert "tiny_vit.pth" in widget.picker.status.text()
