@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, volume_cli
 from .errors import SamkitError
-
 
 GENERATOR_OPTIONS: dict[str, tuple[type, float, str]] = {
     "points_per_side": (int, 32, "grid points per image side"),
@@ -146,6 +145,57 @@ def _auto(args: argparse.Namespace) -> None:
     print(f"results in {args.output}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .checkpoint import check_model_name
+    from .evaluate import evaluate_automatic, evaluate_interactive, pair_files
+    from .io import check_output_folder, read_image
+
+    pairs = pair_files(args.images, args.labels)
+    if args.output:
+        check_output_folder(args.output)
+    check_model_name(args.model)
+    images = [read_image(image) for image, _ in pairs]
+    labels = [read_image(label) for _, label in pairs]
+    predictor = _predictor(args)
+    bars: list[tqdm] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="object", leave=False))
+        bars[0].update(done - bars[0].n)
+
+    result = evaluate_interactive(predictor, images, labels, n_points=args.points, boxes=not args.box_off,
+                                  progress=progress, min_area=args.min_area, names=[image.name for image, _ in pairs])
+    if bars:
+        bars.pop().close()
+    summary = result.summary()
+    skipped = f" ({result.skipped} smaller than {args.min_area} pixels skipped)" if result.skipped else ""
+    print(f"{len(result)} objects in {len(pairs)} images{skipped}")
+    for k in (1, 3, 5):
+        if f"miou_{k}" in summary:
+            print(f"mIoU, {k} point{'s' if k > 1 else ''}: {summary[f'miou_{k}']:.4f}")
+    if not args.box_off:
+        print(f"mIoU, box: {summary['miou_box']:.4f}")
+    if args.output:
+        result.to_csv(args.output)
+        print(f"wrote {args.output}")
+    if args.automatic:
+        from .automatic import AutomaticMaskGenerator
+
+        generator = AutomaticMaskGenerator(predictor.model, **{name: getattr(args, name) for name in GENERATOR_OPTIONS},
+                                           precision=args.precision)
+        metrics = evaluate_automatic(
+            generator, images, labels,
+            progress=lambda done, total: print(f"[{done}/{total}] {pairs[done - 1][0].name}: grid mode done"),
+        )
+        print(f"grid mode, IoU >= 0.5: TP {metrics['tp']}, FP {metrics['fp']}, FN {metrics['fn']}; precision "
+              f"{metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}")
+        print(f"grid mode: AP50 {metrics['ap50']:.4f}, AP75 {metrics['ap75']:.4f}, "
+              f"mean accuracy over IoU 0.5:0.95 {metrics['mean_accuracy']:.4f}")
+
+
 def _export(args: argparse.Namespace) -> None:
     from . import rle
     from .io import check_output_folder, read_image
@@ -218,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", help="image files")
     embed.set_defaults(run=_embed)
 
+    volume = commands.add_parser("volume", parents=[model_options],
+                                 help="segment objects on a few slices of a stack and follow them through it")
+    volume_cli.add_arguments(volume)
+    volume.set_defaults(run=volume_cli.run_from_args)
+
     auto = commands.add_parser("auto", parents=[model_options],
                                help="segment everything in an image or a folder of images (grid of prompts)")
     auto.add_argument("source", help="an image file or a folder of images")
@@ -227,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (kind, default, text) in GENERATOR_OPTIONS.items():
         auto.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"{text} (default {default:g})")
     auto.set_defaults(run=_auto)
+
+    evaluate = commands.add_parser("evaluate", parents=[model_options],
+                                   help="score a model on labelled images (simulated clicks and boxes; grid mode)")
+    evaluate.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    evaluate.add_argument("--labels", nargs="+", required=True,
+                          help="label image files or folders, named like the images (optionally with _labels)")
+    evaluate.add_argument("--points", type=int, default=5, help="simulated clicks per object (default 5)")
+    evaluate.add_argument("--no-box", dest="box_off", action="store_true", help="do not prompt with bounding boxes")
+    evaluate.add_argument("--min-area", type=int, default=4, help="skip objects smaller than this (pixels, default 4)")
+    evaluate.add_argument("--automatic", action="store_true",
+                          help="also run grid mode and report instance metrics (precision, recall, F1, AP)")
+    evaluate.add_argument("-o", "--output", help="CSV file of per-object IoUs to write")
+    for name, (kind, default, text) in GENERATOR_OPTIONS.items():
+        evaluate.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                              help=f"with --automatic: {text} (default {default:g})")
+    evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser("export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV)")
     export.add_argument("labels", help="label image (TIFF)")
