@@ -10,21 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, volume_cli
+from .automatic import GENERATOR_OPTIONS
 from .errors import SamkitError
-
-GENERATOR_OPTIONS: dict[str, tuple[type, float, str]] = {
-    "points_per_side": (int, 32, "grid points per image side"),
-    "points_per_batch": (int, 64, "prompts run at once"),
-    "pred_iou_thresh": (float, 0.88, "keep masks with predicted IoU above this"),
-    "stability_score_thresh": (float, 0.95, "keep masks with stability score at least this"),
-    "stability_score_offset": (float, 1.0, "logit offset of the stability score"),
-    "box_nms_thresh": (float, 0.7, "box IoU above which a mask is a duplicate"),
-    "crop_n_layers": (int, 0, "layers of image crops to run again on"),
-    "crop_nms_thresh": (float, 0.7, "box IoU for duplicates between crops"),
-    "crop_overlap_ratio": (float, 512 / 1500, "overlap of neighbouring crops"),
-    "crop_n_points_downscale_factor": (int, 1, "points per side divided by this in each crop layer"),
-    "min_mask_region_area": (int, 0, "remove holes and islands smaller than this (pixels)"),
-}
 
 
 def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:

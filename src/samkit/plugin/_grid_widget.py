@@ -20,9 +20,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..cli import GENERATOR_OPTIONS
+from ..automatic import GENERATOR_OPTIONS
 from ..errors import SamkitError
-from . import _keys, _layers
+from . import _keys, _layers, keep_triton_out
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
 from ._segment_widget import _button
@@ -57,6 +57,7 @@ class GridWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
         super().__init__()
+        keep_triton_out()
         self.viewer = napari_viewer
         self.segmenter = segmenter or segmenter_for(napari_viewer)
         self.job: Job | None = None

@@ -118,12 +118,10 @@ def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) 
 
 
 def candidates_layer(viewer: Any, image: Any) -> Labels:
-    """``samkit: candidates``: candidate ``i`` is label ``i + 1``, drawn as an outline."""
-    layer = labels_layer(
-        viewer, image, CANDIDATES, np.uint8, colormap=DirectLabelColormap(color_dict=CANDIDATE_COLORS), opacity=0.9
+    """``samkit: candidates``: the outline of candidate ``i`` is label ``i + 1``."""
+    return labels_layer(
+        viewer, image, CANDIDATES, np.uint8, colormap=DirectLabelColormap(color_dict=CANDIDATE_COLORS), opacity=1.0
     )
-    layer.contour = 2
-    return layer
 
 
 def current_layer(viewer: Any, image: Any) -> Labels:

@@ -56,6 +56,7 @@ class ModelPicker(QWidget):
         self._on_progress = on_progress
         self.job: Job | None = None
         self._then: list[Callable[[], None]] = []
+        self._again = False
         self.models = QComboBox()
         self.models.setToolTip("Registry models (downloaded on first use and verified) or a checkpoint file")
         for name in weights.REGISTRY:
@@ -104,6 +105,7 @@ class ModelPicker(QWidget):
         if then is not None:
             self._then.append(then)
         if self.job is not None and self.job.running:
+            self._again = self.job.choice != self.choice
             return
         choice = self.choice
         if choice is None:
@@ -120,6 +122,7 @@ class ModelPicker(QWidget):
             lambda model: self._loaded(model, choice),
             self._on_progress,
         )
+        self.job.choice = choice
         self.job.finished.connect(self._finished)
         self.job.start()
 
@@ -136,6 +139,10 @@ class ModelPicker(QWidget):
             action()
 
     def _finished(self) -> None:
+        if self._again:
+            self._again = False
+            self.load()
+            return
         if self.segmenter.model is None or self.status.text().startswith("Loading"):
             self.status.setText("No model loaded" if self.segmenter.model is None else f"Model: {self.segmenter.model_name}")
             self._then.clear()

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import SamkitError
-from . import _keys, _layers
+from . import _keys, _layers, keep_triton_out
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import Candidates, Segmenter
@@ -50,6 +50,7 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
         super().__init__()
+        keep_triton_out()
         self.viewer = napari_viewer
         self.segmenter = segmenter or segmenter_for(napari_viewer)
         self.embed_job: Job | None = None

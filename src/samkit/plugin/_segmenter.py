@@ -67,6 +67,19 @@ class GridResult:
     table: dict[str, np.ndarray]
 
 
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The pixels of ``mask`` that touch the background (4-neighbourhood; the image edge counts)."""
+    edge = np.zeros_like(mask)
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return edge
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    inside = np.pad(mask[r0:r1, c0:c1], 1)
+    core = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+    edge[r0:r1, c0:c1] = inside[1:-1, 1:-1] & ~core
+    return edge
+
+
 def _contrast_limits(layer: Image) -> tuple[float, float] | None:
     limits = tuple(float(v) for v in layer.contrast_limits)
     if layer.rgb and np.dtype(layer.dtype) == np.uint8 and limits == (0.0, 255.0):
@@ -318,7 +331,7 @@ class Segmenter:
         chosen = np.zeros(plane.shape, dtype=np.uint8)
         if candidates is not None:
             for i in np.argsort([-m.sum() for m in candidates.masks], kind="stable"):
-                paint[candidates.masks[i]] = i + 1
+                paint[outline(candidates.masks[i])] = i + 1
             chosen[candidates.masks[candidates.chosen]] = 1
         plane.write(outlines.data, paint)
         plane.write(current.data, chosen)

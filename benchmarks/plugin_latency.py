@@ -1,0 +1,111 @@
+"""Live latency of the Segment widget: from a points-layer edit to the labels layers updated.
+
+    xvfb-run -a python benchmarks/plugin_latency.py [--edits 40]
+
+A 1024x1024 image in a real napari viewer, a ViT-B model (random weights) with the
+embedding already computed; each edit moves the one positive point, and the clock stops
+when the three candidates are in ``samkit: candidates`` and ``samkit: current`` (the
+widget's ``candidates_shown`` signal, after napari has processed the layer refresh).
+The requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
+the official ``SamPredictor.predict`` for the same prompt on the same weights, which is only
+the model's part of the work. Writes benchmarks/results/plugin_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import segment_anything  # noqa: F401  (imports torch's compiler stack before napari's OpenGL loads Mesa's LLVM)
+import torch
+
+from run import RESULTS, official_model, our_model, random_sam_state
+
+SIZE = 1024
+BUDGET_MS = 100.0
+
+
+def official_predict_ms(state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray) -> list[float]:
+    from segment_anything import SamPredictor
+
+    predictor = SamPredictor(official_model(state))
+    predictor.set_torch_image(torch.zeros(1, 3, SIZE, SIZE), (SIZE, SIZE))
+    predictor.features = embedding
+    times = []
+    for x, y in points:
+        start = time.perf_counter()
+        predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def widget_latency_ms(state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray) -> list[float]:
+    import napari
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    from samkit.plugin._segment_widget import SegmentWidget
+    from samkit.predictor import Predictor
+
+    viewer = napari.Viewer(show=True)
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 4000, (SIZE, SIZE)).astype(np.uint16), name="image")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    model = our_model("vit_b", state)
+    widget.segmenter.use_model(model, "vit_b (random weights)")
+    request = widget.segmenter.embed_request()
+    predictor = Predictor(model)
+    predictor.set_image_embedding(embedding, (SIZE, SIZE))
+    widget.segmenter.install_embedding(request, predictor)
+    points_layer, _ = widget.segmenter.prompt_layers()
+
+    loop = QEventLoop()
+    widget.candidates_shown.connect(loop.quit)
+    times = []
+    for x, y in points:
+        start = time.perf_counter()
+        points_layer.data = np.array([[y, x]], dtype=float)
+        QTimer.singleShot(5_000, loop.quit)
+        loop.exec_()
+        elapsed = (time.perf_counter() - start) * 1000
+        if widget.segmenter.candidates is None or len(widget.segmenter.candidates.masks) != 3:
+            raise RuntimeError("the widget did not show three candidates")
+        times.append(elapsed)
+    viewer.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edits", type=int, default=40)
+    args = parser.parse_args()
+    state = random_sam_state("vit_b")
+    torch.manual_seed(2)
+    embedding = torch.randn(1, 256, 64, 64)
+    points = np.random.default_rng(3).uniform(50, SIZE - 50, (args.edits + 3, 2))
+    ours = widget_latency_ms(state, embedding, points)[3:]
+    official = official_predict_ms(state, embedding, points)[3:]
+    result = {
+        "edits": args.edits,
+        "widget_median_ms": statistics.median(ours),
+        "widget_p90_ms": float(np.percentile(ours, 90)),
+        "official_predict_median_ms": statistics.median(official),
+        "budget_ms": BUDGET_MS,
+    }
+    result["ratio_to_budget"] = result["widget_median_ms"] / BUDGET_MS
+    result["ratio_to_official_predict"] = result["widget_median_ms"] / result["official_predict_median_ms"]
+    print(f"points edit -> labels updated (widget, whole path): median {result['widget_median_ms']:.1f} ms, "
+          f"90th percentile {result['widget_p90_ms']:.1f} ms; budget {BUDGET_MS:.0f} ms "
+          f"(ratio {result['ratio_to_budget']:.2f})")
+    print(f"official SamPredictor.predict alone, same prompt: median {result['official_predict_median_ms']:.1f} ms "
+          f"(widget / official {result['ratio_to_official_predict']:.2f})")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "plugin_latency.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
