@@ -357,3 +357,32 @@ def test_model_is_built_in_float32_on_cpu(make_napari_viewer, qtbot, tiny_checkp
     model = widget.segmenter.model
     assert model.device == torch.device("cpu") and widget.segmenter.model_name == tiny_checkpoint.name
     assert "tiny_vit.pth" in widget.picker.status.text()
+
+
+def test_scripting_api_without_widgets(make_napari_viewer, tiny_checkpoint, tmp_path):
+    from samkit.plugin import Segmenter
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-samkit", "nuclei")
+    seg = Segmenter(viewer, tiny_checkpoint, device="cpu", precision="fp32", cache=False)
+    seg.embed()
+    shape = viewer.layers[0].data.shape
+    seg.add_point((120, 200))
+    found = seg.predict()
+    assert found.masks.shape == (3, *shape)
+    seg.choose(2)
+    first = seg.commit()
+    seg.add_box((40, 60), (90, 130))
+    boxed = seg.predict()
+    assert boxed.masks.shape == (1, *shape)
+    second = seg.commit(overwrite=True)
+    assert (first, second) == (1, 2)
+    objects = viewer.layers[_layers.OBJECTS].data
+    np.testing.assert_array_equal(objects == 2, boxed.masks[0])
+    seg.undo()
+    assert objects.max() == 1
+    auto = seg.segment_everything(points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    assert auto.name == _layers.AUTO and auto.data.max() >= 1
+    assert seg.move_to_objects([1], overwrite=True) == [2]
+    saved = seg.export(tmp_path / "objects.csv")
+    assert saved.read_text().count("\n") == 3  # header and two objects
