@@ -386,3 +386,62 @@ def test_scripting_api_without_widgets(make_napari_viewer, tiny_checkpoint, tmp_
     assert seg.move_to_objects([1], overwrite=True) == [2]
     saved = seg.export(tmp_path / "objects.csv")
     assert saved.read_text().count("\n") == 3  # header and two objects
+
+
+def test_propagation_through_an_anisotropic_stack(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    stack = np.stack([_image(64, 80) for _ in range(5)])
+    image = viewer.add_image(stack, scale=(3.0, 0.5, 0.5), name="stack")
+    viewer.dims.set_current_step(0, 2)
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    assert widget.segmenter.embedded.plane.index == ((0, 2),)
+    _click(widget, qtbot, (6.0, 15.0, 20.0))
+    widget.commit()
+    objects = viewer.layers[_layers.OBJECTS]
+    seed = objects.data[2].copy()
+    assert seed.any() and objects.data.sum() == seed.sum()
+    np.testing.assert_allclose(objects.scale, image.scale)
+    widget.iou_threshold.setValue(0.0)  # random weights: follow whatever the model answers
+    with qtbot.waitSignal(widget.propagated, timeout=WAIT_MS):
+        _press(viewer, "Shift-P")
+    np.testing.assert_array_equal(objects.data[2], seed)
+    assert set(np.unique(objects.data)) == {0, 1}
+    assert objects.data[[0, 1, 3, 4]].any()
+    assert "object 1" in widget.status.text()
+    _press(viewer, "U")
+    assert objects.data.sum() == seed.sum()
+
+
+def test_propagation_needs_a_stack_and_objects(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    widget.propagate()
+    assert any("needs a stack" in note for note in notes)
+    viewer.add_image(np.stack([_image()] * 3), name="stack")
+    widget.propagate()
+    assert any("no objects to follow" in note for note in notes)
+
+
+def test_ct_window_and_mr_clipping_set_what_sam_sees(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    hu = np.random.default_rng(0).normal(0, 300, (3, 64, 64)).astype(np.int16) - 200
+    image = viewer.add_image(hu, name="ct")
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    lung = widget.intensity.findData("lung")
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        widget.intensity.activated.emit(lung)
+    assert tuple(image.contrast_limits) == (-1350.0, 150.0)
+    assert widget.segmenter.embedded.contrast_limits == (-1350.0, 150.0)
+    widget.window.setText("40, 80")
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        widget.window.returnPressed.emit()
+    assert widget.segmenter.embedded.contrast_limits == (0.0, 80.0)
+    mr = np.zeros((3, 64, 64), np.float32)
+    mr[:, 10:50, 10:50] = np.linspace(100, 200, 40)
+    viewer.add_image(mr, name="mr")
+    low, high = widget.segmenter.set_intensity("mr")
+    assert 100 <= low < 102 and 198 < high <= 200

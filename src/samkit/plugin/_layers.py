@@ -97,23 +97,29 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
     return viewer.add_layer(layer)
 
 
+def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
+    """The labels layer ``name`` (or ``name (image name)``) with the image's spatial shape, if there is one."""
+    shape = spatial_shape(image)
+    for candidate in (name, f"{name} ({image.name})"):
+        layer = find(viewer, candidate, Labels)
+        if layer is not None and layer.data.shape == shape:
+            return layer
+    return None
+
+
 def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) -> Labels:
     """A labels layer ``name`` with the image's spatial shape and transform, created or reused.
 
     An existing layer of that name with another shape is left alone: the new one gets the image's
     name appended, so no user's labels are replaced.
     """
-    shape = spatial_shape(image)
-    existing = find(viewer, name, Labels)
-    if existing is not None and existing.data.shape == shape:
-        _adopt_transform(existing, image)
-        return existing
-    if existing is not None:
+    layer = existing_labels(viewer, image, name)
+    if layer is not None:
+        _adopt_transform(layer, image)
+        return layer
+    if find(viewer, name, Labels) is not None:
         name = f"{name} ({image.name})"
-        existing = find(viewer, name, Labels)
-        if existing is not None and existing.data.shape == shape:
-            return existing
-    layer = Labels(np.zeros(shape, dtype=dtype), name=name, **same_transform(image), **kwargs)
+    layer = Labels(np.zeros(spatial_shape(image), dtype=dtype), name=name, **same_transform(image), **kwargs)
     return viewer.add_layer(layer)
 
 

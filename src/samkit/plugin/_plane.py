@@ -79,6 +79,35 @@ class Plane:
         """Write a (H, W) plane into a labels array with the layer's spatial shape."""
         data[self._slicer()] = plane.T if self.axes[0] > self.axes[1] else plane
 
+    def stack_axis(self) -> int:
+        """The axis a stack runs along: the last axis of the layer not in view."""
+        if not self.index:
+            raise ImageError(
+                f"Layer {self.layer.name!r} is 2D: propagation needs a stack (a third axis, e.g. z or time)."
+            )
+        return self.index[-1][0]
+
+    def _volume_order(self) -> tuple[tuple, list[int]]:
+        axis = self.stack_axis()
+        fixed = dict(self.index[:-1])
+        slicer = tuple(fixed.get(a, slice(None)) for a in range(self.ndim))
+        kept = [a for a in range(self.ndim) if a not in fixed]
+        return slicer, [kept.index(a) for a in (axis, *self.axes)]
+
+    def volume(self, data: Any) -> Any:
+        """The (Z, Y, X[, C]) stack through this plane of an array with the layer's shape (a view when it can)."""
+        slicer, order = self._volume_order()
+        part = data[slicer]
+        extra = list(range(3, part.ndim))
+        return part.transpose(order + extra)
+
+    def volume_indices(self, zyx: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+        """Full-dimensional indices of (z, y, x) indices in :meth:`volume`'s stack."""
+        axis = self.stack_axis()
+        fixed = dict(self.index[:-1])
+        where = {axis: zyx[0], self.axes[0]: zyx[1], self.axes[1]: zyx[2]}
+        return tuple(where[a] if a in where else np.full(zyx[0].shape, fixed[a]) for a in range(self.ndim))
+
     def to_sam(self, world: np.ndarray, tolerance: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2) x, y SAM pixels of world points, and which of them lie on this plane."""
         world = np.atleast_2d(np.asarray(world, dtype=np.float64))

@@ -12,11 +12,13 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QRadioButton,
@@ -24,7 +26,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import medical
 from ..errors import SamkitError
+from ..propagate import DEFAULT_IOU_THRESHOLD
 from . import _keys, _layers, keep_triton_out
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
@@ -47,6 +51,7 @@ class SegmentWidget(QWidget):
 
     candidates_shown = Signal()
     embedded = Signal()
+    propagated = Signal()
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
         super().__init__()
@@ -54,6 +59,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.segmenter = segmenter or segmenter_for(napari_viewer)
         self.embed_job: Job | None = None
+        self.stack_job: Job | None = None
         self.predict_job: Job | None = None
         self._embed_again = False
         self._predict_again = False
@@ -64,6 +70,16 @@ class SegmentWidget(QWidget):
         self.image = QComboBox()
         self.image.setToolTip("The image layer to segment (follows the selected layer)")
         self.image.activated.connect(self._image_chosen)
+        self.intensity = QComboBox()
+        self.intensity.setToolTip("Set the layer's contrast limits (what SAM sees) from a CT window (HU) or MR clipping")
+        self.intensity.addItem("Contrast: as shown", None)
+        for name, (level, width) in medical.WINDOWS.items():
+            self.intensity.addItem(f"CT {name.replace('_', ' ')} (level {level:g}, width {width:g})", name)
+        self.intensity.addItem("MR: 0.5-99.5% of non-zero voxels", "mr")
+        self.intensity.activated.connect(self._intensity_chosen)
+        self.window = QLineEdit()
+        self.window.setPlaceholderText("custom CT window: level, width (Enter)")
+        self.window.returnPressed.connect(self._custom_window)
         self.embed_button = _button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
         self.cancel_button = _button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
         self.progress = QProgressBar()
@@ -92,6 +108,23 @@ class SegmentWidget(QWidget):
         objects = QHBoxLayout()
         objects.addWidget(_button("Commit", "C", "Add the chosen mask to 'samkit: objects'", self.commit))
         objects.addWidget(_button("Undo", "U", "Undo the last change to 'samkit: objects'", self.undo))
+        self.iou_threshold = QDoubleSpinBox()
+        self.iou_threshold.setRange(0.0, 1.0)
+        self.iou_threshold.setSingleStep(0.05)
+        self.iou_threshold.setValue(DEFAULT_IOU_THRESHOLD)
+        self.iou_threshold.setToolTip("Stop following an object where its masks on consecutive slices overlap less")
+        self.propagate_ids = QLineEdit()
+        self.propagate_ids.setPlaceholderText("object ids (empty: all objects on this stack)")
+        stack = QGroupBox("Stack: follow objects through z or time")
+        stack_layout = QVBoxLayout(stack)
+        stack_row = QHBoxLayout()
+        stack_row.addWidget(QLabel("IoU threshold"))
+        stack_row.addWidget(self.iou_threshold)
+        stack_layout.addLayout(stack_row)
+        stack_layout.addWidget(self.propagate_ids)
+        stack_layout.addWidget(
+            _button("Propagate", "Shift-P", "Follow committed objects up and down the stack", self.propagate)
+        )
         export = _button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
 
         layout = QVBoxLayout(self)
@@ -99,6 +132,8 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.picker)
         layout.addWidget(QLabel("Image"))
         layout.addWidget(self.image)
+        layout.addWidget(self.intensity)
+        layout.addWidget(self.window)
         embed_row = QHBoxLayout()
         embed_row.addWidget(self.embed_button)
         embed_row.addWidget(self.cancel_button)
@@ -115,6 +150,7 @@ class SegmentWidget(QWidget):
         layout.addWidget(candidates)
         layout.addWidget(self.overwrite)
         layout.addLayout(objects)
+        layout.addWidget(stack)
         layout.addWidget(export)
         layout.addStretch(1)
 
@@ -131,6 +167,7 @@ class SegmentWidget(QWidget):
             "T": self.toggle_sign,
             "U": self.undo,
             "Shift-E": self.embed,
+            "Shift-P": self.propagate,
             "Shift-S": self.export,
             "Shift-L": lambda: self.picker.load(),
             "Escape": self.cancel,
@@ -217,6 +254,20 @@ class SegmentWidget(QWidget):
         if self.segmenter.embedded is not None:
             self._contrast_timer.start()
 
+    def _intensity_chosen(self, index: int) -> None:
+        preset = self.intensity.itemData(index)
+        if preset is not None:
+            self._run(lambda: self.segmenter.set_intensity(preset))
+
+    def _custom_window(self) -> None:
+        text = self.window.text().replace(",", " ").split()
+        try:
+            level, width = (float(v) for v in text)
+        except ValueError:
+            show_error(f"A CT window is 'level, width' in HU, e.g. '40, 400'; got {self.window.text()!r}.")
+            return
+        self._run(lambda: self.segmenter.set_intensity((level, width)))
+
     # Embedding.
 
     def _progress(self, done: int, total: int) -> None:
@@ -270,11 +321,57 @@ class SegmentWidget(QWidget):
             self.progress.setValue(0)
 
     def cancel(self) -> None:
-        """Stop the running embedding (and a model download)."""
+        """Stop the running embedding, propagation or model download."""
         self._embed_again = False
-        if self.embed_job is not None and self.embed_job.running:
-            self.embed_job.cancel()
+        for job in (self.embed_job, self.stack_job):
+            if job is not None and job.running:
+                job.cancel()
         self.picker.cancel()
+
+    # Stacks.
+
+    def propagate(self) -> None:
+        """Follow committed objects through the stack in a worker."""
+        if self.segmenter.model is None:
+            self.picker.load(then=self.propagate)
+            return
+        if self.stack_job is not None and self.stack_job.running:
+            show_info("Propagation is already running: wait for it or cancel it (Escape).")
+            return
+        try:
+            ids = [int(v) for v in self.propagate_ids.text().replace(",", " ").split()] or None
+        except ValueError:
+            show_error(f"Object ids are whole numbers; got {self.propagate_ids.text()!r}.")
+            return
+        request = self._run(lambda: self.segmenter.propagation_request(ids))
+        if request is None:
+            return
+        threshold = self.iou_threshold.value()
+        segmenter = self.segmenter
+        self.status.setText(f"Following {len(request.seeds)} object(s) through {request.stack.shape[0]} slices...")
+        self.stack_job = Job(
+            "Propagation",
+            lambda report: segmenter.compute_propagation(request, report, iou_threshold=threshold),
+            lambda result: self._propagated(request, result),
+            self._progress,
+        )
+        self.stack_job.finished.connect(self._stack_finished)
+        self.stack_job.start()
+
+    def _propagated(self, request: Any, result: Any) -> None:
+        if request.plane.layer not in self.viewer.layers:
+            show_warning("The image was removed while propagating: nothing was added.")
+            return
+        added = self.segmenter.show_propagation(request, result)
+        self.status.setText(
+            f"Added {added:,} voxels to '{_layers.OBJECTS}' (U undoes it). " + "; ".join(str(s) for s in result.stops)
+        )
+        self.propagated.emit()
+
+    def _stack_finished(self) -> None:
+        if self.stack_job is not None and self.stack_job.cancelled:
+            self.status.setText("Propagation cancelled; nothing was changed.")
+            self.progress.setValue(0)
 
     # Prediction.
 

@@ -19,13 +19,15 @@ import torch
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_warning
 
-from .. import rle
+from .. import medical, rle
 from ..automatic import AutomaticMaskGenerator, masks_to_labels, stability_score
 from ..cache import EmbeddingCache
 from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
 from ..predictor import Predictor
+from ..propagate import PropagationResult, propagate_result
+from ..volume import VolumeEmbeddings
 from ..weights import REGISTRY
 from . import _layers
 from ._plane import Plane, plane_in_view
@@ -56,6 +58,17 @@ class Candidates:
     plane: Plane
     key: tuple
     chosen: int = 0
+
+
+@dataclass(frozen=True)
+class StackRequest:
+    """A stack through the plane in view and the objects to follow through it, read on the GUI thread."""
+
+    plane: Plane
+    stack: Any
+    contrast_limits: tuple[float, float] | None
+    seeds: dict[int, dict[int, np.ndarray]]
+    rgb: bool
 
 
 @dataclass(frozen=True)
@@ -478,6 +491,73 @@ class Segmenter:
         indices = tuple(np.concatenate([p[axis] for p in parts]) for axis in range(objects.data.ndim))
         objects.data_setitem(indices, np.concatenate(values))
         return new_ids
+
+    # Stacks.
+
+    def propagation_request(self, ids: Sequence[int] | None = None) -> StackRequest:
+        """The stack through the plane in view and the objects of ``samkit: objects`` on it (all, or ``ids``)."""
+        self._require_model()
+        plane = self.plane()
+        plane.stack_axis()
+        objects = _layers.existing_labels(self.viewer, plane.layer, _layers.OBJECTS)
+        if objects is None:
+            raise PromptError("There are no objects to follow: commit an object on a slice first (key C).")
+        labels = np.asarray(plane.volume(objects.data))
+        present = [int(i) for i in np.unique(labels) if i]
+        wanted = present if ids is None else sorted({int(i) for i in ids})
+        missing = sorted(set(wanted) - set(present))
+        if missing or not wanted:
+            raise PromptError(
+                f"'samkit: objects' has no object {missing} in this stack: commit it first."
+                if missing else "There are no objects to follow: commit an object on a slice first (key C)."
+            )
+        seeds: dict[int, dict[int, np.ndarray]] = {}
+        for z in range(labels.shape[0]):
+            for object_id in np.unique(labels[z]):
+                if object_id in wanted:
+                    seeds.setdefault(int(object_id), {})[z] = labels[z] == object_id
+        layer = plane.layer
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return StackRequest(plane, plane.volume(data), _contrast_limits(layer), seeds, bool(layer.rgb))
+
+    def compute_propagation(
+        self, request: StackRequest, progress: Progress | None = None, cancel: Any = None, **options: Any
+    ) -> PropagationResult:
+        """Follow the request's objects through its stack (any thread); ``options`` go to ``propagate``."""
+        predictor = Predictor(self._require_model(), precision=self.precision, cache=self.cache)
+        with VolumeEmbeddings(
+            predictor, request.stack, contrast_limits=request.contrast_limits, channel_axis=3 if request.rgb else None
+        ) as volume:
+            return propagate_result(volume, request.seeds, progress=progress, cancel=cancel, **options)
+
+    def show_propagation(self, request: StackRequest, result: PropagationResult) -> int:
+        """Write the followed objects into ``samkit: objects`` where it is empty (one undo); returns voxels added."""
+        objects = _layers.objects_layer(self.viewer, request.plane.layer)
+        current = np.asarray(request.plane.volume(objects.data))
+        where = np.nonzero((result.labels > 0) & (current == 0))
+        if where[0].size == 0:
+            return 0
+        objects.data_setitem(request.plane.volume_indices(where), result.labels[where].astype(objects.data.dtype))
+        return int(where[0].size)
+
+    def propagate(self, ids: Sequence[int] | None = None, progress: Progress | None = None, **options: Any) -> int:
+        """Follow objects of ``samkit: objects`` through the stack in view (on this thread); voxels added."""
+        request = self.propagation_request(ids)
+        return self.show_propagation(request, self.compute_propagation(request, progress, **options))
+
+    def set_intensity(self, preset: str | tuple[float, float]) -> tuple[float, float]:
+        """Set the image layer's contrast limits (what SAM sees) from a CT window or MR clipping.
+
+        ``preset`` is a CT window name of ``samkit.medical.WINDOWS`` (HU), ``(level, width)``,
+        or ``"mr"``: the 0.5 and 99.5 percentiles of the non-zero voxels of the whole layer.
+        """
+        layer = self.image_layer
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        limits = medical.mr_limits(np.asarray(data)) if preset == "mr" else medical.window_limits(preset)
+        low, high = layer.contrast_limits_range
+        layer.contrast_limits_range = (min(low, limits[0]), max(high, limits[1]))
+        layer.contrast_limits = limits
+        return limits
 
     # Export.
 
