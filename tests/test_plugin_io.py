@@ -60,12 +60,13 @@ def test_writer_refuses_3d_labels(tmp_path):
 
 
 def test_sample_data_is_generated_and_plausible():
-    [(nuclei, meta, kind)] = _sample_data.nuclei_sample()
+    [(nuclei, meta, kind), (truth, truth_meta, truth_kind)] = _sample_data.nuclei_sample()
     assert kind == "image" and nuclei.dtype == np.uint16 and nuclei.shape == (384, 384)
-    assert np.percentile(nuclei, 99) > 4 * np.percentile(nuclei, 10)  # bright objects on a dim background
-    [(rgb, meta, kind)] = _sample_data.cells_rgb_sample()
-    assert rgb.dtype == np.uint8 and rgb.shape == (384, 384, 3) and meta["rgb"]
-    np.testing.assert_array_equal(_sample_data.nuclei(), nuclei)
+    assert truth_kind == "labels" and truth.shape == nuclei.shape and truth.max() > 10
+    assert np.median(nuclei[truth > 0]) > 2 * np.median(nuclei[truth == 0])  # bright objects on a dim background
+    [(rgb, meta, kind), (cells, _, _)] = _sample_data.cells_rgb_sample()
+    assert rgb.dtype == np.uint8 and rgb.shape == (384, 384, 3) and meta["rgb"] and cells.max() > 5
+    np.testing.assert_array_equal(_sample_data.nuclei_sample()[0][0], nuclei)
 
 
 def test_napari_opens_saves_and_offers_samples(make_napari_viewer, tmp_path, labels):
@@ -79,4 +80,5 @@ def test_napari_opens_saves_and_offers_samples(make_napari_viewer, tmp_path, lab
     assert layer is not opened
     viewer.open_sample("napari-samkit", "nuclei")
     viewer.open_sample("napari-samkit", "cells_rgb")
-    assert viewer.layers[-1].rgb and viewer.layers[-2].data.dtype == np.uint16
+    assert viewer.layers["samkit cells (RGB)"].rgb and viewer.layers["samkit nuclei"].data.dtype == np.uint16
+    assert not viewer.layers["samkit nuclei: truth"].visible
