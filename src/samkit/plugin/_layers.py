@@ -120,7 +120,11 @@ def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) 
     if find(viewer, name, Labels) is not None:
         name = f"{name} ({image.name})"
     layer = Labels(np.zeros(spatial_shape(image), dtype=dtype), name=name, **same_transform(image), **kwargs)
-    return viewer.add_layer(layer)
+    active = viewer.layers.selection.active
+    viewer.add_layer(layer)
+    if active is not None:
+        viewer.layers.selection.active = active
+    return layer
 
 
 def candidates_layer(viewer: Any, image: Any) -> Labels:
