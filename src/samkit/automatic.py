@@ -9,7 +9,7 @@ suppression. Parameters, defaults, output records and their order are the offici
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
@@ -23,6 +23,7 @@ from .errors import Cancelled, FormatError, ParameterError
 from .model import Sam
 from .predictor import Predictor
 from .preprocess import to_rgb_uint8
+from .progress import Cancel, Progress, as_cancel
 from .rle import area as rle_area
 from .rle import decode, encode_uncompressed
 from .transforms import scale_coords
@@ -34,8 +35,6 @@ EDGE_TOLERANCE = 20.0
 FULL_RES_BYTES = 256 << 20
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
-Progress = Callable[[int, int], None]
-Cancel = Callable[[], bool]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,16 +210,6 @@ def _near_crop_edge(boxes: torch.Tensor, crop_box: Sequence[int], image_size: tu
     near_crop = (placed - crop).abs() <= EDGE_TOLERANCE
     near_image = (placed - image).abs() <= EDGE_TOLERANCE
     return (near_crop & ~near_image).any(dim=1)
-
-
-def _as_cancel(cancel: Any) -> Cancel:
-    if cancel is None:
-        return lambda: False
-    if callable(getattr(cancel, "is_set", None)):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise ParameterError(f"cancel must be a threading.Event, a callable returning bool, or None; got {cancel!r}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +399,7 @@ class AutomaticMaskGenerator:
         ``channels`` and ``contrast_limits`` are passed to ``to_rgb_uint8``; crops are cut from
         its uint8 RGB result.
         """
-        stop = _as_cancel(cancel)
+        stop = as_cancel(cancel)
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         image_size = rgb.shape[:2]
         boxes, layers = crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from .automatic import AutomaticMaskGenerator, masks_to_labels
 from .errors import ImageError, SamkitError
 from .io import atomic_output, read_image, write_mask

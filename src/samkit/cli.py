@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, volume_cli
+from . import __version__, train, volume_cli
 from .automatic import GENERATOR_OPTIONS
 from .errors import SamkitError
 
@@ -259,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="segment objects on a few slices of a stack and follow them through it")
     volume_cli.add_arguments(volume)
     volume.set_defaults(run=volume_cli.run_from_args)
+
+    trainer = commands.add_parser("train", parents=[model_options],
+                                  help="fine-tune a model on images with instance labels")
+    train.add_arguments(trainer)
+    trainer.set_defaults(run=train.run_from_args)
 
     auto = commands.add_parser("auto", parents=[model_options],
                                help="segment everything in an image or a folder of images (grid of prompts)")

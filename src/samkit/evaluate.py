@@ -27,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .errors import Cancelled, FormatError, ParameterError, SamkitError
 from .io import atomic_output
+from .progress import as_cancel
 
 MIN_OBJECT_AREA = 4
 LABEL_SUFFIXES = ("", "_labels", "_label", "_masks", "_mask")
@@ -319,16 +320,6 @@ def _objects(labels: np.ndarray, min_area: int) -> tuple[list[tuple[int, np.ndar
     return found, skipped
 
 
-def _stopper(cancel: Any) -> Callable[[], bool]:
-    if cancel is None:
-        return lambda: False
-    if callable(getattr(cancel, "is_set", None)):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise ParameterError(f"cancel must be a threading.Event, a callable returning bool, or None; got {cancel!r}.")
-
-
 def evaluate_interactive(
     predictor: PredictorLike,
     images: np.ndarray | Sequence[np.ndarray],
@@ -351,7 +342,7 @@ def evaluate_interactive(
     ``names`` (one per image, e.g. file names) are kept in the result for its CSV.
     """
     _check_points(n_points)
-    stop = _stopper(cancel)
+    stop = as_cancel(cancel)
     pairs = _pairs(images, labels, names)
     work = []
     skipped = 0
@@ -541,7 +532,7 @@ def evaluate_automatic(
     """
     from .automatic import AutomaticMaskGenerator, masks_to_labels
 
-    stop = _stopper(cancel)
+    stop = as_cancel(cancel)
     pairs = _pairs(images, labels)
     predicted = []
     for i, (image, truth) in enumerate(pairs):

@@ -90,7 +90,7 @@ class Predictor:
                 self.reset_image()
                 self._use_features(hit.embedding.to(self.device), original_size, hit.input_size)
                 return
-        x, input_size = self._model_input(rgb)
+        x, input_size = self.model_input(rgb)
         self.reset_image()
         with self._reporting(progress):
             features = self._encode(x)
@@ -98,7 +98,7 @@ class Predictor:
         if key is not None:
             self.cache.put(key, CachedEmbedding(features, original_size, input_size))
 
-    def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    def model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """The encoder's input for an (H, W, 3) uint8 image, and the size the image takes in it."""
         size = self.model.img_size
         if self.model.preprocessing == "medsam":

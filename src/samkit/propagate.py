@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import Cancelled, ParameterError, PromptError
-from .volume import Progress, as_cancel, check_slice
+from .progress import Progress, as_cancel
+from .volume import check_slice
 
 # Consecutive slices of a rounded object keep an IoU above 0.5 except at its very tip; a prompt that
 # jumps to another structure, or a mask leaking into the background, falls well below.

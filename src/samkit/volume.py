@@ -9,7 +9,7 @@ import tempfile
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,24 +19,13 @@ import torch
 from .errors import Cancelled, ImageError, ParameterError, SamkitError
 from .predictor import Predictor
 from .preprocess import DEFAULT_PERCENTILES, to_rgb_uint8
+from .progress import Progress, as_cancel
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-Progress = Callable[[int, int], None]
 # Percentiles of larger stacks are taken on a regular sub-grid of about this many voxels per channel.
 PERCENTILE_SAMPLE = 1 << 24
-
-
-def as_cancel(cancel: Any) -> Callable[[], bool]:
-    """A ``threading.Event``, a callable returning True to stop, or None -> a callable."""
-    if cancel is None:
-        return lambda: False
-    if callable(getattr(cancel, "is_set", None)):
-        return cancel.is_set
-    if callable(cancel):
-        return lambda: bool(cancel())
-    raise ParameterError(f"cancel must be a threading.Event, a callable returning bool, or None; got {cancel!r}.")
 
 
 def check_slice(z: Any, depth: int, error: type[SamkitError] = ParameterError) -> int:

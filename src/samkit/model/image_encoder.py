@@ -61,9 +61,11 @@ class RelPosAttention(nn.Module):
         q_grid = q.view(b, heads, h, w, -1)
         limit = max(1, SCORES_PER_CHUNK // (b * heads * w * h * w))
         rows = max(r for r in range(1, h + 1) if h % r == 0 and r <= limit)
+        # Autograd cannot follow the writes into reused buffers below: training takes fresh tensors.
+        training = torch.is_grad_enabled() and (q.requires_grad or rh.requires_grad)
         # PyTorch's CPU attention kernel runs bfloat16 no faster than float32;
         # explicit bfloat16 matrix products with the bias added in place do.
-        explicit = q.dtype == torch.bfloat16 and q.device.type == "cpu"
+        explicit = q.dtype == torch.bfloat16 and q.device.type == "cpu" and not training
         if explicit:
             keys_t = k.transpose(-1, -2).contiguous()
             v = v.contiguous()
@@ -84,9 +86,13 @@ class RelPosAttention(nn.Module):
                 scores.div_(scores.sum(dim=-1, keepdim=True))
                 torch.matmul(scores, v, out=out[:, :, r0 * w : r1 * w])
             else:
-                torch.add(rel_h[..., :, None], rel_w[..., None, :], out=grid)
+                if training:
+                    bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(scores.shape)
+                else:
+                    bias = scores
+                    torch.add(rel_h[..., :, None], rel_w[..., None, :], out=grid)
                 out[:, :, r0 * w : r1 * w] = F.scaled_dot_product_attention(
-                    qc.reshape(b, heads, rows * w, -1), k, v, attn_mask=scores
+                    qc.reshape(b, heads, rows * w, -1), k, v, attn_mask=bias
                 )
         x = out.transpose(1, 2).reshape(b, h, w, dim)
         return linear(x, self.proj)

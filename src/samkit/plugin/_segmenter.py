@@ -9,7 +9,7 @@ showing the result in the layers (GUI thread), which checks the result still fit
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,13 @@ from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
 from ..predictor import Predictor
+from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
 from ..volume import VolumeEmbeddings
 from ..weights import REGISTRY
 from . import _layers
 from ._plane import Plane, plane_in_view
 from ._prompts import Prompt, prompt_from_layers
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
