@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, train, volume_cli
+from . import __version__, onnx_cli, train, volume_cli, weights
 from .automatic import GENERATOR_OPTIONS
 from .errors import SamkitError
 
@@ -80,8 +80,6 @@ def _embed(args: argparse.Namespace) -> None:
 
 
 def _models(args: argparse.Namespace) -> None:
-    from . import weights
-
     if args.action == "download":
         if not args.names:
             raise SamkitError("Name the models to download, e.g. `samkit models download sam_vit_b`.")
@@ -96,7 +94,7 @@ def _models(args: argparse.Namespace) -> None:
     print(f"{'name':22s} {'arch':6s} {'size':>9s}  {'state':10s} description")
     for name, item in weights.REGISTRY.items():
         size = f"{item.size / 1e6:.0f} MB" if item.size else "?"
-        state = "downloaded" if weights.is_downloaded(name) else "-"
+        state = "bundled" if item.bundled else "downloaded" if weights.is_downloaded(name) else "-"
         print(f"{name:22s} {item.architecture:6s} {size:>9s}  {state:10s} {item.description}")
     print(f"cache: {weights.cache_dir() / 'models'} (set SAMKIT_CACHE to move it)")
 
@@ -232,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     model_options = argparse.ArgumentParser(add_help=False)
-    model_options.add_argument("--model", default="sam_vit_b",
-                               help="a model name (see `samkit models`) or a SAM-format checkpoint file")
+    model_options.add_argument("--model",
+                               help="a model name (see `samkit models`) or a SAM-format checkpoint file (default: "
+                                    "the first downloaded of the usual models, else samkit_tiny, which ships with samkit)")
     model_options.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     model_options.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                                help="image encoder precision (auto: bfloat16 where the hardware has it)")
@@ -259,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="segment objects on a few slices of a stack and follow them through it")
     volume_cli.add_arguments(volume)
     volume.set_defaults(run=volume_cli.run_from_args)
+
+    export_onnx = commands.add_parser("export-onnx", parents=[model_options],
+                                      help="write the model as ONNX: SAM's decoder interface, optionally the encoder")
+    onnx_cli.add_arguments(export_onnx)
+    export_onnx.set_defaults(run=onnx_cli.run_from_args)
 
     trainer = commands.add_parser("train", parents=[model_options],
                                   help="fine-tune a model on images with instance labels")
@@ -316,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samkit`` command; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "model", "") is None:
+            args.model, note = weights.default_model()
+            print(f"samkit: {note}", file=sys.stderr)
         args.run(args)
     except SamkitError as exc:
         print(f"samkit: error: {exc}", file=sys.stderr)

@@ -31,3 +31,7 @@ class ParameterError(SamkitError, ValueError):
 
 class Cancelled(SamkitError):
     """Long work was cancelled on request before it finished."""
+
+
+class OnnxExportError(SamkitError):
+    """A model could not be exported to ONNX."""
