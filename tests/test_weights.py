@@ -10,6 +10,7 @@ import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pooch
 import pooch.core
 import pooch.hashes
@@ -546,3 +547,57 @@ def test_full_disk_during_download_says_so_and_keeps_nothing(server, monkeypatch
         weights.download(TEST_MODEL, progress=False)
     assert not weights.model_path(TEST_MODEL).exists()
     assert files_in(weights.model_path(TEST_MODEL).parent) == []
+
+
+@pytest.fixture
+def bundled_model(tmp_path, monkeypatch, tiny_checkpoint):
+    """A model shipped in the package's data folder (a tiny random-weight checkpoint stands in)."""
+    import hashlib
+    import shutil
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(tiny_checkpoint, folder / "bundled.pth")
+    digest = hashlib.sha256((folder / "bundled.pth").read_bytes()).hexdigest()
+    item = weights.ModelEntry(
+        weights.OFFLINE_DEFAULT, "vit_b", "", f"sha256:{digest}", "bundled.pth", None, "test model", bundled=True
+    )
+    monkeypatch.setattr(weights, "BUNDLED", folder)
+    monkeypatch.setitem(weights.REGISTRY, weights.OFFLINE_DEFAULT, item)
+    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
+    return folder / "bundled.pth"
+
+
+def test_bundled_model_is_the_offline_default_and_loads_without_a_download(bundled_model, monkeypatch):
+    name, note = weights.default_model()
+    assert name == weights.OFFLINE_DEFAULT and "ships with samkit" in note
+    monkeypatch.setattr(weights, "download", None)  # a download would fail here
+    model = samkit.load_model(name, device="cpu")
+    assert model.identity == weights.REGISTRY[name].known_hash
+    assert not (weights.cache_dir() / "models").exists()
+
+
+def test_a_downloaded_model_comes_before_the_bundled_one(bundled_model):
+    target = weights.model_path("sam_vit_b")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"placeholder")
+    assert weights.default_model()[0] == "sam_vit_b"
+
+
+def test_damaged_bundled_model_is_reported_and_kept(bundled_model):
+    bundled_model.write_bytes(bundled_model.read_bytes()[:-10])
+    with pytest.raises(samkit.CheckpointError, match="reinstall"):
+        samkit.load_model(weights.OFFLINE_DEFAULT, device="cpu")
+    assert bundled_model.exists()
+
+
+def test_cli_without_a_model_says_which_one_it_uses(bundled_model, tmp_path, capsys):
+    from PIL import Image
+
+    from samkit.cli import main
+
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50), dtype=np.uint8)).save(image)
+    assert main(["segment", str(image), "--point", "20,10", "-o", str(tmp_path / "mask.png"), "--device", "cpu"]) == 0
+    assert "ships with samkit" in capsys.readouterr().err
+    assert (tmp_path / "mask.png").exists()

@@ -172,7 +172,8 @@ def load_model(
     entry = check_model_name(name)
     identity = None
     if entry is not None:
-        path = weights.download(name, progress=progress) if download else weights.verify(name)
+        fetch = download and not entry.bundled
+        path = weights.download(name, progress=progress) if fetch else weights.verify(name)
         identity = entry.known_hash
         preprocessing = preprocessing or entry.preprocessing
     else:

@@ -26,6 +26,7 @@ class ModelEntry:
     size: int | None
     description: str
     preprocessing: str = "sam"
+    bundled: bool = False  # shipped inside the package (no download)
 
 
 REGISTRY: dict[str, ModelEntry] = {
@@ -81,6 +82,26 @@ REGISTRY: dict[str, ModelEntry] = {
 }
 
 
+BUNDLED = Path(__file__).parent / "data"
+# The model samkit uses when none is named: the first of these that is on this computer.
+DEFAULT_ORDER = ("vit_b_lm", "sam_vit_b", "vit_t_lm", "mobile_sam", "vit_l_lm", "sam_vit_l", "sam_vit_h")
+OFFLINE_DEFAULT = "samkit_tiny"
+
+
+def default_model() -> tuple[str, str]:
+    """The model to use when none is named, and a sentence that says why (for the user to see)."""
+    for name in DEFAULT_ORDER:
+        if name in REGISTRY and is_downloaded(name):
+            return name, f"No model named: using {name}, the first downloaded of {', '.join(DEFAULT_ORDER)}."
+    if OFFLINE_DEFAULT in REGISTRY and is_downloaded(OFFLINE_DEFAULT):
+        return OFFLINE_DEFAULT, (
+            f"No pretrained model is downloaded: using {OFFLINE_DEFAULT}, the small model that ships with samkit "
+            "(trained on generated fluorescence images). For other images, `samkit models download sam_vit_b` "
+            "(or vit_b_lm for light microscopy)."
+        )
+    return "sam_vit_b", "No model named: using sam_vit_b (downloaded on first use)."
+
+
 def cache_dir() -> Path:
     """The folder samkit keeps downloads and embeddings in (``SAMKIT_CACHE`` overrides it)."""
     if os.environ.get(CACHE_ENV):
@@ -100,8 +121,9 @@ def entry(name: str) -> ModelEntry:
 
 
 def model_path(name: str) -> Path:
-    """Where the checkpoint of ``name`` lives once downloaded."""
-    return cache_dir() / "models" / entry(name).filename
+    """Where the checkpoint of ``name`` lives once downloaded (or in the package, for a bundled model)."""
+    item = entry(name)
+    return BUNDLED / item.filename if item.bundled else cache_dir() / "models" / item.filename
 
 
 def _verified_index() -> Path:
@@ -142,12 +164,20 @@ def verify(name: str, force: bool = False) -> Path:
 
     A file that does not match is removed and a ``CheckpointError`` raised.
     A file verified before and unchanged since (same size and time stamp) is
-    not hashed again unless ``force``.
+    not hashed again unless ``force``. A model that ships with samkit is
+    checked every time (it is small) and never removed.
     """
     import pooch
 
     item = entry(name)
     path = model_path(name)
+    if item.bundled:
+        if not path.is_file() or not pooch.hashes.hash_matches(str(path), item.known_hash):
+            raise CheckpointError(
+                f"The file of {name}, which ships with samkit, is missing or damaged ({path}): reinstall samkit "
+                "(pip install --force-reinstall napari-samkit)."
+            )
+        return path
     if not path.is_file():
         raise CheckpointError(f"{name} is not downloaded: run `samkit models download {name}`.")
     known = _read_index().get(path.name)
@@ -205,7 +235,7 @@ def download(name: str, progress: bool | Callable[[int, int], None] = True, retr
 
     item = entry(name)
     path = model_path(name)
-    if path.is_file():
+    if path.is_file() or item.bundled:
         return verify(name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,8 @@ def segmenter_for(viewer: Any) -> Segmenter:
 
 def _label(name: str) -> str:
     entry = weights.entry(name)
+    if entry.bundled:
+        return f"{name} (ships with samkit)"
     if weights.is_downloaded(name):
         return f"{name} (downloaded)"
     size = f", {entry.size / 1e6:.0f} MB" if entry.size else ""
@@ -62,8 +64,7 @@ class ModelPicker(QWidget):
         for name in weights.REGISTRY:
             self.models.addItem(_label(name), name)
         self.models.addItem(CHOOSE_FILE, None)
-        downloaded = [i for i, name in enumerate(weights.REGISTRY) if weights.is_downloaded(name)]
-        self.models.setCurrentIndex(downloaded[0] if downloaded else 0)
+        self.models.setCurrentIndex(max(0, self.models.findData(weights.default_model()[0])))
         self.models.activated.connect(self._activated)
         self.device = QComboBox()
         self.device.addItems(DEVICES)
