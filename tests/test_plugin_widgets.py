@@ -445,3 +445,59 @@ def test_ct_window_and_mr_clipping_set_what_sam_sees(make_napari_viewer, qtbot, 
     viewer.add_image(mr, name="mr")
     low, high = widget.segmenter.set_intensity("mr")
     assert 100 <= low < 102 and 198 < high <= 200
+
+
+def _nuclei_layers(viewer):
+    from samkit import synthetic
+
+    image, truth = synthetic.nuclei((96, 96), n=6, seed=3)
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(truth, name="truth")
+    return truth
+
+
+def test_fine_tune_widget_trains_and_offers_the_new_model(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path):
+    from samkit.plugin._train_widget import TrainWidget
+
+    viewer = make_napari_viewer()
+    _nuclei_layers(viewer)
+    segment = _widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(segment.picker.loaded, timeout=WAIT_MS):
+        segment.picker.load()
+    before = {k: v.clone() for k, v in segment.segmenter.model.state_dict().items()}
+    widget = TrainWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.images.setCurrentText("nuclei")
+    widget.labels.setCurrentText("truth")
+    widget.epochs.setValue(2)
+    widget.output.setText(str(tmp_path / "tuned"))
+    with qtbot.waitSignal(widget.finished, timeout=120_000):
+        _press(viewer, "Shift-T")
+    result = widget.result
+    assert result is not None and result.model_path.exists() and (tmp_path / "tuned" / "model.json").exists()
+    assert len(widget.plot.steps) == result.steps and widget.plot.epochs
+    assert widget.segmenter.model is result.model
+    assert widget.picker.models.findData(str(result.model_path)) >= 0
+    assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_evaluate_widget_reports_miou_and_saves_the_table(make_napari_viewer, qtbot, tiny_checkpoint, tmp_path):
+    from samkit.plugin._evaluate_widget import EvaluateWidget
+
+    viewer = make_napari_viewer()
+    truth = _nuclei_layers(viewer)
+    widget = EvaluateWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.picker.add_file(tiny_checkpoint)
+    widget.picker.device.setCurrentText("cpu")
+    widget.images.setCurrentText("nuclei")
+    widget.labels.setCurrentText("truth")
+    widget.points.setValue(3)
+    widget.grid.setChecked(True)
+    with qtbot.waitSignal(widget.finished, timeout=120_000):
+        widget.run()
+    text = widget.status.text()
+    assert "mIoU with 1 point(s)" in text and "mIoU with 3 point(s)" in text and "grid mode: precision" in text
+    widget.save(str(tmp_path / "table.csv"))
+    rows = (tmp_path / "table.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + len(np.unique(truth)) - 1

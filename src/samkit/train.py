@@ -218,6 +218,7 @@ class _Run:
         self.mode = settings["mode"]
         self.progress = progress
         self.cancel = cancel
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
         self.low_res = model.prompt_encoder.mask_input_size[0]
         precision = settings["precision"] if self.mode == "decoder" else "fp32"
         self.predictor = Predictor(model, precision=precision, cache=cache)
@@ -518,6 +519,8 @@ class _Run:
             self.bad_epochs += 1
         self.save_state()
         self.write_log()
+        if self.on_record is not None:
+            self.on_record(dict(self.history[-1]))
 
     def plan_epoch(self) -> list[list[Any]]:
         plan = []
@@ -542,6 +545,8 @@ class _Run:
                 self.step += 1
                 self.epoch_loss[0] += loss
                 self.epoch_loss[1] += 1
+                if self.on_record is not None:
+                    self.on_record({"epoch": self.epoch, "step": self.step, "train_loss": loss})
                 try:
                     self._tick()
                 except Cancelled:
@@ -581,6 +586,7 @@ def train(
     cache: EmbeddingCache | bool | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Any = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a SAM model on images with instance labels; see the module docstring for the method.
 
@@ -604,6 +610,8 @@ def train(
     returning True) or ``samkit.Cancelled`` raised by ``progress`` stops after
     the current step, saving the state so that ``resume=True`` continues
     from there, with ``model.pth`` holding the best weights so far.
+    ``on_record(row)`` receives each step's ``{"epoch", "step", "train_loss"}``
+    and each epoch's log row (with ``val_loss`` and ``val_miou``), e.g. for a live plot.
     """
     lr = DEFAULT_LR.get(mode, 1e-4) if lr is None else lr
     _check_settings(mode, epochs, lr, weight_decay, objects_per_batch, correction_rounds, box_probability,
@@ -630,6 +638,7 @@ def train(
     store = EmbeddingCache() if cache is True else (cache or None)
     grad_flags = [p.requires_grad for p in sam.parameters()]
     run = _Run(sam.eval(), base, training_data, out, settings, store, progress, stop)
+    run.on_record = on_record
     try:
         # Embeddings first: in decoder mode the encoder is the base model's, so a cache hits on resume too.
         run.prepare()

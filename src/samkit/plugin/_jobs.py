@@ -22,6 +22,7 @@ class Job(QObject):
 
     progressed = Signal(int, int)
     finished = Signal()
+    record = Signal(object)  # anything the work reports along the way (e.g. training losses)
 
     def __init__(
         self,

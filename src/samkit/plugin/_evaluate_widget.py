@@ -1,0 +1,184 @@
+"""The Evaluate dock widget: how well the loaded model segments an image with known objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..automatic import AutomaticMaskGenerator
+from ..errors import SamkitError
+from ..evaluate import InteractiveResult, evaluate_automatic, evaluate_interactive
+from ..predictor import Predictor
+from ..preprocess import to_rgb_uint8
+from . import _keys, keep_triton_out
+from ._jobs import Job
+from ._model_picker import ModelPicker, segmenter_for
+from ._segment_widget import _button
+from ._segmenter import Segmenter
+
+
+def _report(interactive: InteractiveResult, automatic: dict[str, float] | None) -> str:
+    summary = interactive.summary()
+    lines = [f"{summary['objects']} objects ({summary['skipped']} too small, skipped)"]
+    lines += [f"mIoU with {k} point(s): {summary[f'miou_{k}']:.3f}" for k in (1, 3, 5) if f"miou_{k}" in summary]
+    if summary.get("miou_box") == summary.get("miou_box"):  # not NaN
+        lines.append(f"mIoU with a box: {summary['miou_box']:.3f}")
+    if automatic is not None:
+        lines.append(
+            "grid mode: precision {precision:.3f}, recall {recall:.3f}, F1 {f1:.3f}, AP50 {ap50:.3f}, "
+            "mean accuracy (IoU 0.5-0.95) {mean_accuracy:.3f}".format(**automatic)
+        )
+    return "\n".join(lines)
+
+
+class EvaluateWidget(QWidget):
+    """SAM's interactive protocol (points at the largest error, boxes) and grid-mode instance metrics."""
+
+    finished = Signal()
+
+    def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
+        super().__init__()
+        keep_triton_out()
+        self.viewer = napari_viewer
+        self.segmenter = segmenter or segmenter_for(napari_viewer)
+        self.job: Job | None = None
+        self.result: InteractiveResult | None = None
+        self.picker = ModelPicker(self.segmenter, self._progress)
+        self.images = QComboBox()
+        self.labels = QComboBox()
+        self.labels.setToolTip("The true objects: one id per object, 0 background")
+        self.points = QSpinBox()
+        self.points.setRange(1, 20)
+        self.points.setValue(5)
+        self.points.setToolTip("Points per object: the first at its centre, then each at the largest error")
+        self.boxes = QCheckBox("also a box per object")
+        self.boxes.setChecked(True)
+        self.grid = QCheckBox("also grid mode (instance metrics)")
+        form = QFormLayout()
+        form.addRow("image", self.images)
+        form.addRow("truth", self.labels)
+        form.addRow("points", self.points)
+        self.progress = QProgressBar()
+        self.status = QLabel("Choose an image and its true labels, then Evaluate.")
+        self.status.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.addWidget(_button("Evaluate", "Shift-V", "Run the evaluation in the background", self.run))
+        buttons.addWidget(_button("Cancel", "Escape", "Stop the evaluation", self.cancel))
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Model"))
+        layout.addWidget(self.picker)
+        layout.addLayout(form)
+        layout.addWidget(self.boxes)
+        layout.addWidget(self.grid)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(_button("Save table...", "Shift-W", "Save the per-object IoUs as CSV", self.save))
+        layout.addStretch(1)
+        self._actions = {"Shift-V": self.run, "Escape": self.cancel, "Shift-W": self.save}
+        for key, action in self._actions.items():
+            _keys.bind(self.viewer, key, action)
+        self.viewer.layers.events.inserted.connect(self._refresh)
+        self.viewer.layers.events.removed.connect(self._refresh)
+        self._refresh()
+
+    def _refresh(self, event: Any = None) -> None:
+        for combo, kind in ((self.images, Image), (self.labels, Labels)):
+            current = combo.currentText()
+            combo.clear()
+            combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)])
+            index = combo.findText(current)
+            if index >= 0:
+                combo.setCurrentIndex(index)
+
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.setMaximum(max(total, 1))
+        self.progress.setValue(done)
+
+    def run(self) -> None:
+        """Evaluate in a worker (loading the chosen model first when none is loaded)."""
+        if self.segmenter.model is None:
+            self.picker.load(then=self.run)
+            return
+        if self.job is not None and self.job.running:
+            show_info("The evaluation is already running: wait for it or cancel it (Escape).")
+            return
+        names = [layer.name for layer in self.viewer.layers]
+        if self.images.currentText() not in names or self.labels.currentText() not in names:
+            show_error("Choose an image layer and a labels layer with its true objects.")
+            return
+        try:
+            pixels, truth = _pairs(self.viewer.layers[self.images.currentText()],
+                                   self.viewer.layers[self.labels.currentText()].data)
+        except SamkitError as error:
+            show_error(str(error))
+            return
+        model, precision, cache = self.segmenter.model, self.segmenter.precision, self.segmenter.cache
+        points, boxes, grid = self.points.value(), self.boxes.isChecked(), self.grid.isChecked()
+
+        def work(report: Any) -> tuple[InteractiveResult, dict[str, float] | None]:
+            predictor = Predictor(model, precision=precision, cache=cache)
+            interactive = evaluate_interactive(predictor, pixels, truth, n_points=points, boxes=boxes, progress=report)
+            automatic = None
+            if grid:
+                generator = AutomaticMaskGenerator(model, precision=precision)
+                automatic = evaluate_automatic(generator, pixels, truth, progress=report)
+            return interactive, automatic
+
+        self.status.setText("Evaluating...")
+        self.job = Job("Evaluation", work, self._done, self._progress)
+        self.job.finished.connect(self.finished.emit)
+        self.job.start()
+
+    def _done(self, found: tuple[InteractiveResult, dict[str, float] | None]) -> None:
+        self.result = found[0]
+        self.status.setText(_report(*found))
+
+    def cancel(self) -> None:
+        """Stop the evaluation at its next object."""
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+        self.picker.cancel()
+
+    def save(self, path: str | None = None) -> None:
+        """Save the per-object table as CSV (asks for a file when ``path`` is None)."""
+        if self.result is None:
+            show_error("There is nothing to save yet: run an evaluation first.")
+            return
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Per-object IoUs", "evaluation.csv", "CSV (*.csv)")
+            if not path:
+                return
+        try:
+            show_info(f"samkit: saved {self.result.to_csv(path)}")
+        except (SamkitError, OSError) as error:
+            show_error(str(error))
+
+    def closeEvent(self, event: Any) -> None:
+        _keys.unbind(self.viewer, list(self._actions.values()))
+        super().closeEvent(event)
+
+
+def _pairs(image: Any, truth: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Planes as SAM sees them in the viewer (scaled by the layer's contrast limits) and their labels."""
+    data, truth = np.asarray(image.data), np.asarray(truth)
+    limits = None if image.rgb else tuple(image.contrast_limits)
+    planes = [data] if truth.ndim == 2 else list(data)
+    labels = [truth] if truth.ndim == 2 else list(truth)
+    return [to_rgb_uint8(plane, contrast_limits=limits) for plane in planes], labels
