@@ -27,9 +27,9 @@ from ..evaluate import InteractiveResult, evaluate_automatic, evaluate_interacti
 from ..predictor import Predictor
 from ..preprocess import to_rgb_uint8
 from . import _keys, keep_triton_out
+from ._controls import button, fill_layer_choices
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
-from ._segment_widget import _button
 from ._segmenter import Segmenter
 
 
@@ -78,8 +78,8 @@ class EvaluateWidget(QWidget):
         self.status = QLabel("Choose an image and its true labels, then Evaluate.")
         self.status.setWordWrap(True)
         buttons = QHBoxLayout()
-        buttons.addWidget(_button("Evaluate", "Shift-V", "Run the evaluation in the background", self.run))
-        buttons.addWidget(_button("Cancel", "Escape", "Stop the evaluation", self.cancel))
+        buttons.addWidget(button("Evaluate", "Shift-V", "Run the evaluation in the background", self.run))
+        buttons.addWidget(button("Cancel", "Escape", "Stop the evaluation", self.cancel))
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model"))
         layout.addWidget(self.picker)
@@ -89,7 +89,7 @@ class EvaluateWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
-        layout.addWidget(_button("Save table...", "Shift-W", "Save the per-object IoUs as CSV", self.save))
+        layout.addWidget(button("Save table...", "Shift-W", "Save the per-object IoUs as CSV", self.save))
         layout.addStretch(1)
         self._actions = {"Shift-V": self.run, "Escape": self.cancel, "Shift-W": self.save}
         for key, action in self._actions.items():
@@ -99,13 +99,8 @@ class EvaluateWidget(QWidget):
         self._refresh()
 
     def _refresh(self, event: Any = None) -> None:
-        for combo, kind in ((self.images, Image), (self.labels, Labels)):
-            current = combo.currentText()
-            combo.clear()
-            combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)])
-            index = combo.findText(current)
-            if index >= 0:
-                combo.setCurrentIndex(index)
+        fill_layer_choices(self.images, self.viewer, Image)
+        fill_layer_choices(self.labels, self.viewer, Labels)
 
     def _progress(self, done: int, total: int) -> None:
         self.progress.setMaximum(max(total, 1))

@@ -23,9 +23,9 @@ from qtpy.QtWidgets import (
 from ..automatic import GENERATOR_OPTIONS
 from ..errors import SamkitError
 from . import _keys, _layers, keep_triton_out
+from ._controls import button
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
-from ._segment_widget import _button
 from ._segmenter import GridResult, Segmenter
 
 
@@ -73,11 +73,11 @@ class GridWidget(QWidget):
         self.ids.setPlaceholderText("ids, e.g. 3, 7 (empty: the label selected in 'samkit: auto')")
         self.overwrite = QCheckBox("Overwrite existing objects")
         run_row = QHBoxLayout()
-        run_row.addWidget(_button("Run", "G", "Run grid mode on the plane in view", self.run))
-        run_row.addWidget(_button("Cancel", "Escape", "Stop grid mode", self.cancel))
+        run_row.addWidget(button("Run", "G", "Run grid mode on the plane in view", self.run))
+        run_row.addWidget(button("Cancel", "Escape", "Stop grid mode", self.cancel))
         move_row = QHBoxLayout()
-        move_row.addWidget(_button("Move selected", "M", "Move these objects to 'samkit: objects'", self.move_selected))
-        move_row.addWidget(_button("Move all", "Shift-M", "Move every object to 'samkit: objects'", self.move_all))
+        move_row.addWidget(button("Move selected", "M", "Move these objects to 'samkit: objects'", self.move_selected))
+        move_row.addWidget(button("Move all", "Shift-M", "Move every object to 'samkit: objects'", self.move_all))
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model"))
         layout.addWidget(self.picker)

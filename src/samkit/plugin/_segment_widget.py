@@ -20,8 +20,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QProgressBar,
-    QPushButton,
-    QRadioButton,
+        QRadioButton,
     QVBoxLayout,
     QWidget,
 )
@@ -30,20 +29,14 @@ from .. import medical
 from ..errors import SamkitError
 from ..propagate import DEFAULT_IOU_THRESHOLD
 from . import _keys, _layers, keep_triton_out
+from ._controls import button
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import Candidates, Segmenter
 
-PREDICT_DELAY_MS = 15
+PREDICT_DELAY_MS = 0  # edits in one event-loop pass give one prediction; a running one is coalesced
 CONTRAST_DELAY_MS = 400
 EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
-
-
-def _button(text: str, key: str, tip: str, action: Any) -> QPushButton:
-    button = QPushButton(f"{text} ({key.replace('-', '+')})")
-    button.setToolTip(f"{tip} ({key.replace('-', '+')})")
-    button.clicked.connect(lambda: action())
-    return button
 
 
 class SegmentWidget(QWidget):
@@ -80,8 +73,8 @@ class SegmentWidget(QWidget):
         self.window = QLineEdit()
         self.window.setPlaceholderText("custom CT window: level, width (Enter)")
         self.window.returnPressed.connect(self._custom_window)
-        self.embed_button = _button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
-        self.cancel_button = _button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
+        self.embed_button = button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
+        self.cancel_button = button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
         self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.status = QLabel("Load a model, then embed the image.")
@@ -103,11 +96,11 @@ class SegmentWidget(QWidget):
         self.overwrite = QCheckBox("Overwrite existing objects")
         self.overwrite.setToolTip("Off: a commit never changes pixels of objects already in 'samkit: objects'")
         prompts = QHBoxLayout()
-        prompts.addWidget(_button("Toggle sign", "T", "Make the selected points negative/positive", self.toggle_sign))
-        prompts.addWidget(_button("Clear", "X", "Remove all prompts", self.clear))
+        prompts.addWidget(button("Toggle sign", "T", "Make the selected points negative/positive", self.toggle_sign))
+        prompts.addWidget(button("Clear", "X", "Remove all prompts", self.clear))
         objects = QHBoxLayout()
-        objects.addWidget(_button("Commit", "C", "Add the chosen mask to 'samkit: objects'", self.commit))
-        objects.addWidget(_button("Undo", "U", "Undo the last change to 'samkit: objects'", self.undo))
+        objects.addWidget(button("Commit", "C", "Add the chosen mask to 'samkit: objects'", self.commit))
+        objects.addWidget(button("Undo", "U", "Undo the last change to 'samkit: objects'", self.undo))
         self.iou_threshold = QDoubleSpinBox()
         self.iou_threshold.setRange(0.0, 1.0)
         self.iou_threshold.setSingleStep(0.05)
@@ -123,9 +116,9 @@ class SegmentWidget(QWidget):
         stack_layout.addLayout(stack_row)
         stack_layout.addWidget(self.propagate_ids)
         stack_layout.addWidget(
-            _button("Propagate", "Shift-P", "Follow committed objects up and down the stack", self.propagate)
+            button("Propagate", "Shift-P", "Follow committed objects up and down the stack", self.propagate)
         )
-        export = _button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
+        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model"))

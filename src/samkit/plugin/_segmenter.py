@@ -413,9 +413,17 @@ class Segmenter:
         self.clear()
         return new_id
 
+    def _objects_in_use(self) -> Labels | None:
+        """The objects layer of the current image (or any called ``samkit: objects``), if there is one."""
+        try:
+            layer = _layers.existing_labels(self.viewer, self.image_layer, _layers.OBJECTS)
+        except NoImageError:
+            layer = None
+        return layer or _layers.find(self.viewer, _layers.OBJECTS, Labels)
+
     def undo(self) -> None:
-        """Undo the last change to ``samkit: objects`` (a commit or a move from grid mode)."""
-        layer = _layers.find(self.viewer, _layers.OBJECTS, Labels)
+        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation)."""
+        layer = self._objects_in_use()
         if layer is not None:
             layer.undo()
 
@@ -566,7 +574,7 @@ class Segmenter:
         ``format`` is "sa1b", "coco" or "csv" (default from the extension: .csv -> csv, else sa1b).
         A stack is saved plane by plane: the plane in view.
         """
-        layer = layer or _layers.find(self.viewer, _layers.OBJECTS, Labels)
+        layer = layer or self._objects_in_use()
         if layer is None:
             raise FormatError("There is nothing to export: commit an object first (or pick a labels layer).")
         path = Path(path)

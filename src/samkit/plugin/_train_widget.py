@@ -28,9 +28,9 @@ from qtpy.QtWidgets import (
 from ..errors import SamkitError
 from ..train import train
 from . import _keys, keep_triton_out
+from ._controls import button, fill_layer_choices
 from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
-from ._segment_widget import _button
 from ._segmenter import Segmenter
 
 FROM_FOLDERS = "Folders..."
@@ -123,8 +123,8 @@ class TrainWidget(QWidget):
         form.addRow("epochs", self.epochs)
         form.addRow("output", self.output)
         buttons = QHBoxLayout()
-        buttons.addWidget(_button("Train", "Shift-T", "Fine-tune the model in the background", self.run))
-        buttons.addWidget(_button("Cancel", "Escape", "Stop after the current step (resumable)", self.cancel))
+        buttons.addWidget(button("Train", "Shift-T", "Fine-tune the model in the background", self.run))
+        buttons.addWidget(button("Cancel", "Escape", "Stop after the current step (resumable)", self.cancel))
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model to fine-tune"))
         layout.addWidget(self.picker)
@@ -142,15 +142,8 @@ class TrainWidget(QWidget):
         self._refresh()
 
     def _refresh(self, event: Any = None) -> None:
-        for combo, kind in ((self.images, Image), (self.labels, Labels)):
-            current = combo.currentText()
-            combo.clear()
-            combo.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, kind)])
-            if combo is self.images:
-                combo.addItem(FROM_FOLDERS)
-            index = combo.findText(current)
-            if index >= 0:
-                combo.setCurrentIndex(index)
+        fill_layer_choices(self.images, self.viewer, Image, (FROM_FOLDERS,))
+        fill_layer_choices(self.labels, self.viewer, Labels)
 
     def _images_chosen(self, index: int) -> None:
         if self.images.itemText(index) != FROM_FOLDERS:
