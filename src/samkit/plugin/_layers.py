@@ -37,8 +37,11 @@ def _matches(layer: Any, image: Any) -> bool:
 
 
 def _adopt_transform(layer: Any, image: Any) -> None:
+    """Give ``layer`` the image's transform; only what differs is set (each change refreshes the layer)."""
+    current = same_transform(layer)
     for key, value in same_transform(image).items():
-        setattr(layer, key, value)
+        if not np.allclose(current[key], value):
+            setattr(layer, key, value)
 
 
 def points_layer(viewer: Any, image: Any) -> Points:

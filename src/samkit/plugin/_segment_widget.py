@@ -34,7 +34,6 @@ from ._jobs import Job
 from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import Candidates, Segmenter
 
-PREDICT_DELAY_MS = 0  # edits in one event-loop pass give one prediction; a running one is coalesced
 CONTRAST_DELAY_MS = 400
 EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
 
@@ -147,8 +146,6 @@ class SegmentWidget(QWidget):
         layout.addWidget(export)
         layout.addStretch(1)
 
-        self._predict_timer = QTimer(self, singleShot=True, interval=PREDICT_DELAY_MS)
-        self._predict_timer.timeout.connect(self.predict)
         self._contrast_timer = QTimer(self, singleShot=True, interval=CONTRAST_DELAY_MS)
         self._contrast_timer.timeout.connect(self._contrast_settled)
         self._actions = {
@@ -374,8 +371,8 @@ class SegmentWidget(QWidget):
             self.schedule_predict()
 
     def schedule_predict(self) -> None:
-        """Predict soon (prompt edits in quick succession give one prediction)."""
-        self._predict_timer.start()
+        """Predict now; edits made while a prediction runs give one more prediction when it ends."""
+        self.predict()
 
     def predict(self) -> None:
         """Predict the candidates of the current prompt in a worker."""
@@ -408,6 +405,7 @@ class SegmentWidget(QWidget):
             "Prediction",
             lambda report: segmenter.compute_candidates(prompt, predictor, embedded.plane, embedded.key),
             self._show,
+            interactive=True,
         )
         self.predict_job.finished.connect(self._predict_finished)
         self.predict_job.start()

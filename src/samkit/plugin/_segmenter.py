@@ -47,7 +47,10 @@ class EmbedRequest:
 
 @dataclass
 class Candidates:
-    """SAM's answer to one prompt: masks (C, H, W), predicted IoU, stability, low-res logits."""
+    """SAM's answer to one prompt: masks (C, H, W), predicted IoU, stability, low-res logits.
+
+    ``outlines`` (H, W) holds candidate ``i``'s outline as ``i + 1`` (smaller masks drawn last).
+    """
 
     masks: np.ndarray
     iou: np.ndarray
@@ -57,6 +60,7 @@ class Candidates:
     plane: Plane
     key: tuple
     chosen: int = 0
+    outlines: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -322,7 +326,10 @@ class Segmenter:
         logits_t = torch.from_numpy(logits)
         stability = stability_score(logits_t, predictor.model.mask_threshold, 1.0).numpy()
         masks = logits > predictor.model.mask_threshold
-        return Candidates(masks, iou, stability, low_res, prompt, plane, key, chosen=int(np.argmax(iou)))
+        outlines = np.zeros(masks.shape[1:], dtype=np.uint8)
+        for i in np.argsort([-m.sum() for m in masks], kind="stable"):
+            outlines[outline(masks[i])] = i + 1
+        return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), outlines)
 
     def show(self, candidates: Candidates | None) -> None:
         """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``."""
@@ -339,14 +346,12 @@ class Segmenter:
         if previous is not None and previous != plane and previous.layer is image:
             previous.write(outlines.data, np.zeros(previous.shape, np.uint8))
             previous.write(current.data, np.zeros(previous.shape, np.uint8))
-        paint = np.zeros(plane.shape, dtype=np.uint8)
-        chosen = np.zeros(plane.shape, dtype=np.uint8)
-        if candidates is not None:
-            for i in np.argsort([-m.sum() for m in candidates.masks], kind="stable"):
-                paint[outline(candidates.masks[i])] = i + 1
-            chosen[candidates.masks[candidates.chosen]] = 1
-        plane.write(outlines.data, paint)
-        plane.write(current.data, chosen)
+        if candidates is None:
+            plane.write(outlines.data, np.zeros(plane.shape, np.uint8))
+            plane.write(current.data, np.zeros(plane.shape, np.uint8))
+        else:
+            plane.write(outlines.data, candidates.outlines)
+            plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
         outlines.refresh()
         current.refresh()
         self._shown_plane = plane
