@@ -65,7 +65,8 @@ def _click(widget, qtbot, position, positive=True) -> None:
     layer = widget.segmenter.points_layer
     with qtbot.waitSignal(widget.candidates_shown, timeout=WAIT_MS):
         layer.add(np.asarray(layer.world_to_data(position))[None])
-        if not positive:
+    if not positive:
+        with qtbot.waitSignal(widget.candidates_shown, timeout=WAIT_MS):
             widget.toggle_sign()
 
 
