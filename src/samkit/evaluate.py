@@ -27,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .errors import Cancelled, FormatError, ParameterError, SamkitError
 from .io import atomic_output
+from .predictor import PromptPredictor
 from .progress import as_cancel
 
 MIN_OBJECT_AREA = 4
@@ -36,19 +37,10 @@ THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 Point = tuple[int, int]
 
 
-class PredictorLike(Protocol):
+class PredictorLike(PromptPredictor, Protocol):
     """What the evaluation needs of a predictor (``samkit.Predictor`` has it)."""
 
     def set_image(self, image: np.ndarray) -> None: ...
-
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -15,6 +16,20 @@ from .errors import ImageError, NoImageError, PromptError
 from .model import ImageContext, Sam
 from .preprocess import to_rgb_uint8
 from .transforms import MaskUpsampler, input_shape, resize_longest_side, scale_coords
+
+
+class PromptPredictor(Protocol):
+    """What code that only prompts needs of a predictor set to an image (``Predictor`` has it)."""
+
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
 
 # The magnitude of the logits a drawn mask becomes as a mask prompt (SAM's own masks reach about 10 to 20).
 MASK_PROMPT_LOGIT = 8.0

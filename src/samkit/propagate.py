@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import Cancelled, ParameterError, PromptError
+from .predictor import PromptPredictor
 from .progress import Progress, as_cancel
 from .volume import check_slice
 
@@ -35,17 +36,8 @@ MAX_POINTS = 3
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-class SlicePredictor(Protocol):
-    """What propagation asks of a predictor set to one slice (``samkit.Predictor`` has it)."""
-
-    def predict(
-        self,
-        point_coords: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box: np.ndarray | None = None,
-        mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+# What propagation asks of a predictor set to one slice.
+SlicePredictor = PromptPredictor
 
 
 class SliceSource(Protocol):

@@ -15,10 +15,8 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..automatic import AutomaticMaskGenerator
@@ -26,10 +24,9 @@ from ..errors import SamkitError
 from ..evaluate import InteractiveResult, evaluate_automatic, evaluate_interactive
 from ..predictor import Predictor
 from ..preprocess import to_rgb_uint8
-from . import _keys, keep_triton_out
+from ._base_widget import JobWidget
 from ._controls import button, fill_layer_choices
 from ._jobs import Job
-from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import Segmenter
 
 
@@ -47,19 +44,14 @@ def _report(interactive: InteractiveResult, automatic: dict[str, float] | None) 
     return "\n".join(lines)
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(JobWidget):
     """SAM's interactive protocol (points at the largest error, boxes) and grid-mode instance metrics."""
 
     finished = Signal()
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
-        super().__init__()
-        keep_triton_out()
-        self.viewer = napari_viewer
-        self.segmenter = segmenter or segmenter_for(napari_viewer)
-        self.job: Job | None = None
+        super().__init__(napari_viewer, segmenter)
         self.result: InteractiveResult | None = None
-        self.picker = ModelPicker(self.segmenter, self._progress)
         self.images = QComboBox()
         self.labels = QComboBox()
         self.labels.setToolTip("The true objects: one id per object, 0 background")
@@ -74,7 +66,6 @@ class EvaluateWidget(QWidget):
         form.addRow("image", self.images)
         form.addRow("truth", self.labels)
         form.addRow("points", self.points)
-        self.progress = QProgressBar()
         self.status = QLabel("Choose an image and its true labels, then Evaluate.")
         self.status.setWordWrap(True)
         buttons = QHBoxLayout()
@@ -91,9 +82,7 @@ class EvaluateWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(button("Save table...", "Shift-W", "Save the per-object IoUs as CSV", self.save))
         layout.addStretch(1)
-        self._actions = {"Shift-V": self.run, "Escape": self.cancel, "Shift-W": self.save}
-        for key, action in self._actions.items():
-            _keys.bind(self.viewer, key, action)
+        self.bind_keys({"Shift-V": self.run, "Escape": self.cancel, "Shift-W": self.save})
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
@@ -102,17 +91,9 @@ class EvaluateWidget(QWidget):
         fill_layer_choices(self.images, self.viewer, Image)
         fill_layer_choices(self.labels, self.viewer, Labels)
 
-    def _progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
-
     def run(self) -> None:
         """Evaluate in a worker (loading the chosen model first when none is loaded)."""
-        if self.segmenter.model is None:
-            self.picker.load(then=self.run)
-            return
-        if self.job is not None and self.job.running:
-            show_info("The evaluation is already running: wait for it or cancel it (Escape).")
+        if not self.ready(self.run, "The evaluation"):
             return
         names = [layer.name for layer in self.viewer.layers]
         if self.images.currentText() not in names or self.labels.currentText() not in names:
@@ -145,11 +126,6 @@ class EvaluateWidget(QWidget):
         self.result = found[0]
         self.status.setText(_report(*found))
 
-    def cancel(self) -> None:
-        """Stop the evaluation at its next object."""
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-        self.picker.cancel()
 
     def save(self, path: str | None = None) -> None:
         """Save the per-object table as CSV (asks for a file when ``path`` is None)."""
@@ -165,9 +141,7 @@ class EvaluateWidget(QWidget):
         except (SamkitError, OSError) as error:
             show_error(str(error))
 
-    def closeEvent(self, event: Any) -> None:
-        _keys.unbind(self.viewer, list(self._actions.values()))
-        super().closeEvent(event)
+
 
 
 def _pairs(image: Any, truth: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:

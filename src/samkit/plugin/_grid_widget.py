@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -14,18 +14,16 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from ..automatic import GENERATOR_OPTIONS
 from ..errors import SamkitError
-from . import _keys, _layers, keep_triton_out
+from . import _layers
+from ._base_widget import JobWidget
 from ._controls import button
 from ._jobs import Job
-from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import GridResult, Segmenter
 
 
@@ -50,23 +48,17 @@ def _ids(text: str) -> list[int]:
         raise SamkitError(f"Object ids are whole numbers separated by commas or spaces; got {text!r}.") from None
 
 
-class GridWidget(QWidget):
+class GridWidget(JobWidget):
     """SAM's automatic mode with every parameter of ``AutomaticMaskGenerator``, run in a worker."""
 
     finished = Signal()
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
-        super().__init__()
-        keep_triton_out()
-        self.viewer = napari_viewer
-        self.segmenter = segmenter or segmenter_for(napari_viewer)
-        self.job: Job | None = None
-        self.picker = ModelPicker(self.segmenter, self._progress)
+        super().__init__(napari_viewer, segmenter)
         self.fields = {name: _field(kind, default, tip) for name, (kind, default, tip) in GENERATOR_OPTIONS.items()}
         form = QFormLayout()
         for name, field in self.fields.items():
             form.addRow(name.replace("_", " "), field)
-        self.progress = QProgressBar()
         self.status = QLabel("Segments everything in the image plane in view into 'samkit: auto'.")
         self.status.setWordWrap(True)
         self.ids = QLineEdit()
@@ -89,26 +81,16 @@ class GridWidget(QWidget):
         layout.addWidget(self.overwrite)
         layout.addLayout(move_row)
         layout.addStretch(1)
-        self._actions = {"G": self.run, "Escape": self.cancel, "M": self.move_selected, "Shift-M": self.move_all}
-        for key, action in self._actions.items():
-            _keys.bind(self.viewer, key, action)
+        self.bind_keys({"G": self.run, "Escape": self.cancel, "M": self.move_selected, "Shift-M": self.move_all})
 
     @property
     def params(self) -> dict[str, Any]:
         """The generator's parameters as set in the form."""
         return {name: GENERATOR_OPTIONS[name][0](field.value()) for name, field in self.fields.items()}
 
-    def _progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
-
     def run(self) -> None:
         """Run grid mode in a worker (loading the chosen model first when none is loaded)."""
-        if self.segmenter.model is None:
-            self.picker.load(then=self.run)
-            return
-        if self.job is not None and self.job.running:
-            show_info("Grid mode is already running: wait for it or cancel it (Escape).")
+        if not self.ready(self.run, "Grid mode"):
             return
         try:
             request = self.segmenter.grid_request()
@@ -138,11 +120,6 @@ class GridWidget(QWidget):
             self.progress.setValue(0)
         self.finished.emit()
 
-    def cancel(self) -> None:
-        """Stop grid mode (and a model download)."""
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-        self.picker.cancel()
 
     def _move(self, ids: list[int] | None) -> None:
         try:
@@ -167,7 +144,3 @@ class GridWidget(QWidget):
     def move_all(self) -> None:
         """Move every object of ``samkit: auto`` to ``samkit: objects``."""
         self._move(None)
-
-    def closeEvent(self, event: Any) -> None:
-        _keys.unbind(self.viewer, list(self._actions.values()))
-        super().closeEvent(event)

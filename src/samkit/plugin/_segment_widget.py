@@ -19,26 +19,24 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
-        QRadioButton,
+    QRadioButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import medical
 from ..errors import SamkitError
 from ..propagate import DEFAULT_IOU_THRESHOLD
-from . import _keys, _layers, keep_triton_out
+from . import _layers
+from ._base_widget import JobWidget
 from ._controls import button
 from ._jobs import Job
-from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import Candidates, Segmenter
 
 CONTRAST_DELAY_MS = 400
 EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(JobWidget):
     """Click or draw prompts on the image in view and get SAM's masks, live."""
 
     candidates_shown = Signal()
@@ -46,10 +44,7 @@ class SegmentWidget(QWidget):
     propagated = Signal()
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
-        super().__init__()
-        keep_triton_out()
-        self.viewer = napari_viewer
-        self.segmenter = segmenter or segmenter_for(napari_viewer)
+        super().__init__(napari_viewer, segmenter)
         self.embed_job: Job | None = None
         self.stack_job: Job | None = None
         self.predict_job: Job | None = None
@@ -58,7 +53,6 @@ class SegmentWidget(QWidget):
         self._last_problems: list[str] = []
         self._watched: weakref.WeakSet = weakref.WeakSet()
 
-        self.picker = ModelPicker(self.segmenter, self._progress)
         self.image = QComboBox()
         self.image.setToolTip("The image layer to segment (follows the selected layer)")
         self.image.activated.connect(self._image_chosen)
@@ -74,7 +68,6 @@ class SegmentWidget(QWidget):
         self.window.returnPressed.connect(self._custom_window)
         self.embed_button = button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
         self.cancel_button = button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
-        self.progress = QProgressBar()
         self.progress.setTextVisible(True)
         self.status = QLabel("Load a model, then embed the image.")
         self.status.setWordWrap(True)
@@ -148,7 +141,7 @@ class SegmentWidget(QWidget):
 
         self._contrast_timer = QTimer(self, singleShot=True, interval=CONTRAST_DELAY_MS)
         self._contrast_timer.timeout.connect(self._contrast_settled)
-        self._actions = {
+        self.bind_keys({
             "1": lambda: self.choose(0),
             "2": lambda: self.choose(1),
             "3": lambda: self.choose(2),
@@ -161,9 +154,7 @@ class SegmentWidget(QWidget):
             "Shift-S": self.export,
             "Shift-L": lambda: self.picker.load(),
             "Escape": self.cancel,
-        }
-        for key, action in self._actions.items():
-            _keys.bind(self.viewer, key, action)
+        })
 
         layers = self.viewer.layers
         layers.events.inserted.connect(self._layers_changed)
@@ -260,9 +251,6 @@ class SegmentWidget(QWidget):
 
     # Embedding.
 
-    def _progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
 
     def embed(self) -> None:
         """Embed the plane in view in a worker (loads the chosen model first when none is loaded)."""
@@ -482,7 +470,3 @@ class SegmentWidget(QWidget):
         saved = self._run(lambda: self.segmenter.export(path, format))
         if saved is not None:
             show_info(f"samkit: saved {saved}")
-
-    def closeEvent(self, event: Any) -> None:
-        _keys.unbind(self.viewer, list(self._actions.values()))
-        super().closeEvent(event)

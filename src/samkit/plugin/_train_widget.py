@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QPointF, Qt, Signal
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
@@ -19,7 +19,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -27,10 +26,9 @@ from qtpy.QtWidgets import (
 
 from ..errors import SamkitError
 from ..train import train
-from . import _keys, keep_triton_out
+from ._base_widget import JobWidget
 from ._controls import button, fill_layer_choices
 from ._jobs import Job
-from ._model_picker import ModelPicker, segmenter_for
 from ._segmenter import Segmenter
 
 FROM_FOLDERS = "Folders..."
@@ -85,19 +83,14 @@ class LossPlot(QWidget):
         painter.drawText(margin, h - margin, f"{10 ** low:.3g} - {10 ** high:.3g}, {last} steps")
 
 
-class TrainWidget(QWidget):
+class TrainWidget(JobWidget):
     """Fine-tune the loaded model on your annotations (decoder only, or the whole model)."""
 
     finished = Signal()
 
     def __init__(self, napari_viewer: Any, segmenter: Segmenter | None = None) -> None:
-        super().__init__()
-        keep_triton_out()
-        self.viewer = napari_viewer
-        self.segmenter = segmenter or segmenter_for(napari_viewer)
-        self.job: Job | None = None
+        super().__init__(napari_viewer, segmenter)
         self.result: Any = None
-        self.picker = ModelPicker(self.segmenter, self._progress)
         self.images = QComboBox()
         self.labels = QComboBox()
         self.images.setToolTip("Training images: an image layer (2D or a stack), or folders of image/label files")
@@ -112,7 +105,6 @@ class TrainWidget(QWidget):
         self.epochs.setValue(10)
         self.output = QLineEdit(str(Path(tempfile.gettempdir()) / "samkit-finetuned"))
         self.output.setToolTip("Folder for model.pth, model.json (the model card) and log.csv")
-        self.progress = QProgressBar()
         self.plot = LossPlot()
         self.status = QLabel("Commit objects (or open labels), then train. The new model is added to the model list.")
         self.status.setWordWrap(True)
@@ -134,9 +126,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.plot)
         layout.addWidget(self.status)
         layout.addStretch(1)
-        self._actions = {"Shift-T": self.run, "Escape": self.cancel}
-        for key, action in self._actions.items():
-            _keys.bind(self.viewer, key, action)
+        self.bind_keys({"Shift-T": self.run, "Escape": self.cancel})
         self.viewer.layers.events.inserted.connect(self._refresh)
         self.viewer.layers.events.removed.connect(self._refresh)
         self._refresh()
@@ -165,17 +155,9 @@ class TrainWidget(QWidget):
             raise SamkitError("Choose an image layer and a labels layer with its objects (or folders).")
         return self.viewer.layers[image].data, self.viewer.layers[labels].data
 
-    def _progress(self, done: int, total: int) -> None:
-        self.progress.setMaximum(max(total, 1))
-        self.progress.setValue(done)
-
     def run(self) -> None:
         """Train in a worker (loading the chosen model first when none is loaded)."""
-        if self.segmenter.model is None:
-            self.picker.load(then=self.run)
-            return
-        if self.job is not None and self.job.running:
-            show_info("Training is already running: wait for it or cancel it (Escape).")
+        if not self.ready(self.run, "Training"):
             return
         try:
             data = self.data()
@@ -214,13 +196,3 @@ class TrainWidget(QWidget):
         if self.job is not None and self.job.cancelled:
             self.status.setText("Training cancelled; the best weights so far are in the output folder (resumable).")
         self.finished.emit()
-
-    def cancel(self) -> None:
-        """Stop training after the current step."""
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-        self.picker.cancel()
-
-    def closeEvent(self, event: Any) -> None:
-        _keys.unbind(self.viewer, list(self._actions.values()))
-        super().closeEvent(event)
