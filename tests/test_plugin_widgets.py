@@ -502,3 +502,31 @@ def test_evaluate_widget_reports_miou_and_saves_the_table(make_napari_viewer, qt
     widget.save(str(tmp_path / "table.csv"))
     rows = (tmp_path / "table.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + len(np.unique(truth)) - 1
+
+
+def test_cancel_in_the_middle_of_grid_mode_changes_nothing(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    grid.picker.add_file(tiny_checkpoint)
+    grid.picker.device.setCurrentText("cpu")
+    with qtbot.waitSignal(grid.picker.loaded, timeout=WAIT_MS):
+        grid.picker.load()
+    real = grid.segmenter.compute_grid
+    started, gate = threading.Event(), threading.Event()
+
+    def gated(request, params, progress=None, cancel=None):
+        progress(0, 16)
+        started.set()
+        gate.wait(10)
+        return real(request, {**params, "points_per_side": 4}, progress, cancel)
+
+    grid.segmenter.compute_grid = gated
+    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
+        grid.run()
+        assert started.wait(10)
+        _press(viewer, "Escape")
+        gate.set()
+    assert "cancelled" in grid.status.text()
+    assert _layers.AUTO not in [layer.name for layer in viewer.layers]
