@@ -530,3 +530,16 @@ def test_cancel_in_the_middle_of_grid_mode_changes_nothing(make_napari_viewer, q
         gate.set()
     assert "cancelled" in grid.status.text()
     assert _layers.AUTO not in [layer.name for layer in viewer.layers]
+
+
+def test_moving_through_z_embeds_the_slice_in_view(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([_image() // (z + 1) for z in range(3)]), name="stack")
+    viewer.dims.set_current_step(0, 0)
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    first = widget.segmenter.predictor.get_image_embedding().clone()
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        viewer.dims.set_current_step(0, 2)
+    assert widget.segmenter.embedded.plane.index == ((0, 2),)
+    assert not torch.equal(widget.segmenter.predictor.get_image_embedding(), first)
