@@ -577,6 +577,12 @@ def test_bundled_model_is_the_offline_default_and_loads_without_a_download(bundl
     assert not (weights.cache_dir() / "models").exists()
 
 
+def test_load_model_without_a_name_uses_the_default_and_says_so(bundled_model):
+    with pytest.warns(UserWarning, match="ships with samkit"):
+        model = samkit.load_model(device="cpu")
+    assert model.identity == weights.REGISTRY[weights.OFFLINE_DEFAULT].known_hash
+
+
 def test_a_downloaded_model_comes_before_the_bundled_one(bundled_model):
     target = weights.model_path("sam_vit_b")
     target.parent.mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
@@ -149,7 +150,7 @@ def check_model_name(model: str | os.PathLike) -> weights.ModelEntry | None:
 
 
 def load_model(
-    model: str | os.PathLike,
+    model: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     *,
     download: bool = True,
@@ -160,11 +161,16 @@ def load_model(
 
     ``model`` is a name from ``samkit.weights.REGISTRY`` (downloaded into the
     cache on first use unless ``download=False``, and verified by its hash)
-    or the path of a checkpoint file. ``device="auto"`` picks cuda, then mps,
+    or the path of a checkpoint file; without one, the first downloaded of
+    the usual models, else the one that ships with samkit (a warning says
+    which). ``device="auto"`` picks cuda, then mps,
     then cpu. ``preprocessing`` ("sam" or "medsam") overrides the one the
     registry gives; a file is fed SAM's way unless told otherwise. The model
     is returned in eval mode.
     """
+    if model is None:
+        model, note = weights.default_model()
+        warnings.warn(note, stacklevel=2)
     target = resolve_device(device)
     if preprocessing not in (None, "sam", "medsam"):
         raise CheckpointError(f"Unknown preprocessing {preprocessing!r}: use 'sam' or 'medsam'.")
