@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import warnings
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path

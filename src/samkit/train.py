@@ -83,6 +83,7 @@ from .train_data import (
 from .transforms import input_shape
 
 MODES = ("decoder", "full")
+LR_SCHEDULES = ("constant", "cosine")
 # Settings a resumed run must share with the saved one (they decide what is trained and on what).
 RESUME_KEYS = ("mode", "seed", "val_fraction")
 DEFAULT_LR = {"decoder": 1e-4, "full": 1e-5}
@@ -130,7 +131,8 @@ class _Item:
 
 
 def _check_settings(mode: str, epochs: int, lr: float, weight_decay: float, objects_per_batch: int,
-                    correction_rounds: int, box_probability: float, val_fraction: float, patience: int) -> None:
+                    correction_rounds: int, box_probability: float, val_fraction: float, patience: int,
+                    warmup_steps: int = 0, lr_schedule: str = "constant") -> None:
     def whole(name: str, value: object, low: int) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ParameterError(f"{name} must be an integer >= {low}; got {value!r}.")
@@ -141,6 +143,9 @@ def _check_settings(mode: str, epochs: int, lr: float, weight_decay: float, obje
     whole("objects_per_batch", objects_per_batch, 1)
     whole("correction_rounds", correction_rounds, 0)
     whole("patience", patience, 1)
+    whole("warmup_steps", warmup_steps, 0)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ParameterError(f"lr_schedule must be 'constant' or 'cosine'; got {lr_schedule!r}.")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ParameterError(f"lr must be a positive number; got {lr!r}.")
     if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
@@ -237,6 +242,7 @@ class _Run:
         self.best_loss = math.inf
         self.best_epoch = 0
         self.bad_epochs = 0
+        self.total_steps = settings["epochs"] * self.steps_per_epoch
         self.history: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.started = time.perf_counter()
@@ -336,7 +342,6 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:
-            group["lr"] = self.settings["lr"]
             group["weight_decay"] = self.settings["weight_decay"]
         for key in ("epoch", "step", "plan", "position", "best_loss", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, state[key])
@@ -448,7 +453,17 @@ class _Run:
                 labels = torch.cat([labels, torch.as_tensor(new, device=device)[:, None]], 1)
         return total / rounds
 
+    def learning_rate(self) -> float:
+        """The rate of the next step: linear warmup over ``warmup_steps``, then constant or cosine decay to 0."""
+        settings = self.settings
+        rate = settings["lr"] * min(1.0, (self.step + 1) / max(1, settings.get("warmup_steps", 0)))
+        if settings.get("lr_schedule", "constant") == "cosine":
+            rate *= 0.5 * (1 + math.cos(math.pi * min(self.step, self.total_steps) / max(1, self.total_steps)))
+        return rate
+
     def train_step(self, item: _Item, chosen: list[int]) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
         box = bool(self.rng.random() < self.settings["box_probability"])
         if self.mode == "decoder":
             objects = [item.targets[i] for i in chosen]
@@ -579,6 +594,8 @@ def train(
     val_fraction: float = 0.1,
     patience: int = 3,
     seed: int = 0,
+    warmup_steps: int = 0,
+    lr_schedule: str = "constant",
     resume: bool = False,
     overwrite: bool = False,
     device: str | torch.device = "auto",
@@ -600,8 +617,11 @@ def train(
     (what ``resume=True`` continues from). Every file is written under a
     temporary name and renamed, so an interrupted run never leaves a broken one.
 
-    ``lr`` (constant) defaults to 1e-4 (decoder) or 1e-5 (full); AdamW with
-    ``weight_decay``. Training stops after ``epochs``, or when the validation
+    ``lr`` defaults to 1e-4 (decoder) or 1e-5 (full); AdamW with
+    ``weight_decay``. The rate rises linearly over the first ``warmup_steps``
+    steps, then stays (``lr_schedule="constant"``) or falls along a half
+    cosine to 0 at the last step of the last epoch (``"cosine"``), which
+    training from random weights needs. Training stops after ``epochs``, or when the validation
     loss has not improved for ``patience`` epochs. ``precision`` is the
     encoder's for the decoder-mode embeddings (``"auto"``, as the predictor
     uses); ``cache`` (an ``EmbeddingCache`` or True for the default one) keeps
@@ -615,7 +635,7 @@ def train(
     """
     lr = DEFAULT_LR.get(mode, 1e-4) if lr is None else lr
     _check_settings(mode, epochs, lr, weight_decay, objects_per_batch, correction_rounds, box_probability,
-                    val_fraction, patience)
+                    val_fraction, patience, warmup_steps, lr_schedule)
     stop = as_cancel(cancel)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -632,7 +652,7 @@ def train(
         "mode": mode, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
         "objects_per_batch": objects_per_batch, "correction_rounds": correction_rounds,
         "box_probability": box_probability, "val_fraction": val_fraction, "patience": patience, "seed": seed,
-        "precision": precision,
+        "precision": precision, "warmup_steps": warmup_steps, "lr_schedule": lr_schedule,
     }
     out.mkdir(parents=True, exist_ok=True)
     store = EmbeddingCache() if cache is True else (cache or None)
