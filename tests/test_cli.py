@@ -91,3 +91,16 @@ def test_bad_point_syntax_is_a_usage_error(tiny_checkpoint, uint16_tiff, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         main(["segment", str(uint16_tiff[0]), "--model", str(tiny_checkpoint), "--point", "1;2", "-o", "m.tif"])
     assert exit_info.value.code == 2
+
+
+def test_sample_writes_the_generated_image_and_its_labels(tmp_path, capsys):
+    import tifffile
+
+    from samkit import synthetic
+
+    assert main(["sample", "nuclei", "-o", str(tmp_path / "n.tif"), "--labels", str(tmp_path / "l.tif")]) == 0
+    image, labels = synthetic.nuclei((384, 384), seed=0)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "n.tif"), image)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "l.tif"), labels)
+    assert main(["sample", "cells", "-o", str(tmp_path / "c.png"), "--size", "64"]) == 0
+    assert "64x64 cells" in capsys.readouterr().out

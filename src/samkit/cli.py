@@ -214,6 +214,19 @@ def _import(args: argparse.Namespace) -> None:
     print(f"{len(records)} objects; wrote {args.output}")
 
 
+def _sample(args: argparse.Namespace) -> None:
+    from . import synthetic
+    from .io import write_mask
+
+    make = synthetic.nuclei if args.name == "nuclei" else synthetic.cells
+    image, labels = make((args.size, args.size), seed=args.seed)
+    write_mask(args.output, image)
+    print(f"{args.output}: {image.shape[1]}x{image.shape[0]} {args.name}, {image.dtype}, {labels.max()} objects")
+    if args.labels:
+        write_mask(args.labels, labels)
+        print(f"{args.labels}: their true labels")
+
+
 def _info(args: argparse.Namespace) -> None:
     import torch
 
@@ -310,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", nargs="?", choices=("list", "download", "verify"), default="list")
     models.add_argument("names", nargs="*", help="model names (download: required; verify: default all downloaded)")
     models.set_defaults(run=_models)
+
+    sample = commands.add_parser("sample", help="write a generated sample image (fluorescent nuclei or stained cells)")
+    sample.add_argument("name", choices=("nuclei", "cells"))
+    sample.add_argument("-o", "--output", required=True, help="image file to write (.tif or .png)")
+    sample.add_argument("--labels", help="also write the true labels to this file")
+    sample.add_argument("--size", type=int, default=384, help="side in pixels (default 384, as napari's sample)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(run=_sample)
 
     info = commands.add_parser("info", help="show the version, device and precision samkit would use")
     info.set_defaults(run=_info)
