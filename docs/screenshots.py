@@ -4,7 +4,7 @@
 
 Opens the generated nuclei sample, embeds it, clicks on the centre of one nucleus, commits
 the best candidate, clicks on a second nucleus (leaving its three candidates on show), and
-saves docs/segment_widget.png; then runs grid mode and saves docs/grid_widget.png.
+saves docs/segment_widget.png.
 """
 
 from __future__ import annotations
@@ -83,14 +83,6 @@ def main() -> None:
     settle(viewer)
     viewer.screenshot(str(DOCS / "segment_widget.png"), canvas_only=False)
 
-    _, grid = viewer.window.add_plugin_dock_widget("napari-samkit", "Grid mode")
-    grid.fields["points_per_side"].setValue(16)
-    segment.clear()
-    grid.run()
-    wait(grid.finished)
-    viewer.layers[segment.segmenter.image_layer.name].visible = True
-    settle(viewer)
-    viewer.screenshot(str(DOCS / "grid_widget.png"), canvas_only=False)
     viewer.close()
 
 

@@ -28,6 +28,7 @@ CHOOSE_FILE = "Load a checkpoint file..."
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 _SEGMENTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PICKERS: weakref.WeakSet = weakref.WeakSet()
 
 
 def segmenter_for(viewer: Any) -> Segmenter:
@@ -72,7 +73,8 @@ class ModelPicker(QWidget):
         self.load_button = QPushButton("Load (Shift+L)")
         self.load_button.setToolTip("Load the chosen model (Shift+L)")
         self.load_button.clicked.connect(lambda: self.load())
-        self.status = QLabel("No model loaded")
+        self.status = QLabel(f"Model: {segmenter.model_name}" if segmenter.model is not None else "No model loaded")
+        _PICKERS.add(self)
         row = QHBoxLayout()
         row.addWidget(self.models, 3)
         row.addWidget(self.device, 1)
@@ -130,7 +132,9 @@ class ModelPicker(QWidget):
     def _loaded(self, model: Any, choice: str) -> None:
         name = choice if choice in weights.REGISTRY else Path(choice).name
         self.segmenter.use_model(model, name)
-        self.status.setText(f"Model: {name} on {model.device}")
+        for picker in list(_PICKERS):
+            if picker.segmenter is self.segmenter:
+                picker.status.setText(f"Model: {name} on {model.device}")
         show_info(f"samkit: loaded {name} on {model.device}.")
         if choice in weights.REGISTRY:
             self.models.setItemText(self.models.currentIndex(), _label(choice))
