@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_options = argparse.ArgumentParser(add_help=False)
     model_options.add_argument("--model",
                                help="a model name (see `samkit models`) or a SAM-format checkpoint file (default: "
-                                    "the first downloaded of the usual models, else samkit_tiny, which ships with samkit)")
+                                    "the first downloaded of the usual models, else one that ships with samkit, "
+                                    "else sam_vit_b)")
     model_options.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     model_options.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                                help="image encoder precision (auto: bfloat16 where the hardware has it)")
