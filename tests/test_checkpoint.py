@@ -15,7 +15,15 @@ import samkit.device
 from samkit import CheckpointError, SamkitError
 from samkit.checkpoint import model_from_state_dict, read_state_dict
 from samkit.device import native_bf16, resolve_device, resolve_precision
-from samkit.model import ARCHITECTURES, ImageEncoderViT, TinyViT, config_from_state_dict
+from samkit.model import (
+    ARCHITECTURES,
+    DecoderConfig,
+    ImageEncoderViT,
+    SamConfig,
+    TinyViT,
+    ViTConfig,
+    config_from_state_dict,
+)
 
 # Key names and shapes of the published checkpoints (vit_t is MobileSAM, classifier head included).
 REFERENCE = Path(__file__).parent / "data"
@@ -101,6 +109,24 @@ def test_load_model_from_file(tiny_checkpoint):
     assert set(loaded) == set(expected)
     for key, value in expected.items():
         assert torch.equal(loaded[key], value), key
+
+
+def test_vit_with_8_px_patches_has_a_finer_prompt_grid(tmp_path):
+    config = SamConfig(
+        ViTConfig(img_size=128, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_chans=32, window_size=4,
+                  global_attn_indexes=(1,)),
+        DecoderConfig(embed_dim=32, depth=1, num_heads=8, mlp_dim=64, iou_head_hidden_dim=32),
+    )
+    path = write_checkpoint(tmp_path / "patch8.pth", config, seed=3)
+    model = samkit.load_model(path, device="cpu")
+    assert model.image_encoder.config == config.encoder
+    assert model.prompt_encoder.image_embedding_size == (16, 16)
+    assert model.prompt_encoder.mask_input_size == (64, 64)
+    predictor = samkit.Predictor(model, precision="fp32")
+    predictor.set_image(np.zeros((100, 60), np.uint8))
+    assert tuple(predictor.get_image_embedding().shape) == (1, 32, 16, 16)
+    masks, scores, low_res = predictor.predict(point_coords=np.array([[30.0, 50.0]]), point_labels=np.array([1]))
+    assert masks.shape == (3, 100, 60) and scores.shape == (3,) and low_res.shape == (3, 64, 64)
 
 
 def test_load_model_accepts_str_path_and_torch_device(tiny_checkpoint):

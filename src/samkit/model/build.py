@@ -94,7 +94,8 @@ def _assemble(config: SamConfig) -> Sam:
     encoder = TinyViT(enc) if isinstance(enc, TinyViTConfig) else ImageEncoderViT(enc)
     if enc.out_chans != dec.embed_dim:
         raise ValueError(f"encoder out_chans {enc.out_chans} must equal decoder embed_dim {dec.embed_dim}")
-    prompt_encoder = PromptEncoder(dec.embed_dim, enc.img_size // 16, enc.img_size, dec.mask_in_chans)
+    stride = enc.patch_size if isinstance(enc, ViTConfig) else 16
+    prompt_encoder = PromptEncoder(dec.embed_dim, enc.img_size // stride, enc.img_size, dec.mask_in_chans)
     transformer = TwoWayTransformer(
         dec.depth, dec.embed_dim, dec.num_heads, dec.mlp_dim, dec.attention_downsample_rate
     )
