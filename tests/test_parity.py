@@ -176,3 +176,29 @@ def test_sam_postprocess_masks_matches_official_and_the_direct_upsampler(pair):
     two_step = ours.model.postprocess_masks(low, ours.input_size, ours.original_size)
     assert_close(two_step.numpy(), expected.numpy(), "postprocess_masks")
     assert_close(ours.upsample_logits(low).numpy(), expected.numpy(), "direct upsampling")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_predict_window_gives_the_masks_of_predict_at_every_cut(pair, case):
+    ours, _ = pair
+    logits, scores, low = ours.predict(**CASES[case], return_logits=True)
+    (rows, cols), inside, window_scores, window_low = ours.predict_window(**CASES[case], floor=-1.0)
+    np.testing.assert_array_equal(window_scores, scores)
+    np.testing.assert_array_equal(window_low, low)
+    np.testing.assert_allclose(inside, logits[:, rows, cols], atol=1e-4)
+    outside = logits.copy()
+    outside[:, rows, cols] = -np.inf
+    assert (outside < -1.0).all()
+    for cut in (-1.0, 0.0, 1.0):
+        full = (logits > cut).sum(axis=(1, 2))
+        np.testing.assert_array_equal((inside > cut).sum(axis=(1, 2)), full)
+
+
+def test_predict_window_of_a_small_object_is_small(pair):
+    ours, _ = pair
+    low = torch.full((1, 64, 64), -20.0)
+    low[0, 30:33, 20:22] = 5.0
+    rows, cols, inside = ours._upsample.window(low, -1.0)
+    assert 0 < rows.stop - rows.start < 40 and 0 < cols.stop - cols.start < 40
+    assert (inside > 0).any()
+    assert ours._upsample.window(torch.full((1, 64, 64), -5.0), -1.0)[2].numel() == 0

@@ -146,12 +146,15 @@ class _DiscPredictor:
     def mask_to_input(self, mask):
         return None
 
-    def predict(self, point_coords, point_labels, box, mask_input, multimask_output, return_logits):
+    original_size = property(lambda self: self.shape)
+
+    def predict_window(self, point_coords, point_labels, box, mask_input, multimask_output, floor):
         yy, xx = np.mgrid[: self.shape[0], : self.shape[1]] + 0.5
         x, y = point_coords[0]
         logits = 6.0 - np.sqrt((xx - x) ** 2 + (yy - y) ** 2)
         count = 3 if multimask_output else 1
-        return np.repeat(logits[None], count, 0).astype(np.float32), np.full(count, 0.9), np.zeros((count, 8, 8))
+        window = (slice(0, self.shape[0]), slice(0, self.shape[1]))
+        return window, np.repeat(logits[None], count, 0).astype(np.float32), np.full(count, 0.9), np.zeros((count, 8, 8))
 
 
 def test_scaled_and_translated_layer_puts_masks_under_the_prompt(make_napari_viewer, qtbot, tiny_checkpoint):

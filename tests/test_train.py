@@ -7,6 +7,7 @@ import csv
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -448,3 +449,17 @@ def test_command_line_helpers(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "epoch 1 (step 1)" in printed and "model: " in printed
     assert samkit.load_model(tmp_path / "out" / "model.pth", device="cpu").img_size == 128
+
+
+def test_training_schedule_warms_up_then_follows_a_cosine():
+    def rate(step: int, **settings) -> float:
+        run = SimpleNamespace(settings={"lr": 1e-3, **settings}, step=step, total_steps=100)
+        return _Run.learning_rate(run)
+
+    assert rate(0) == rate(99) == 1e-3
+    assert rate(0, warmup_steps=10) == pytest.approx(1e-4)
+    assert rate(9, warmup_steps=10) == pytest.approx(1e-3)
+    assert rate(50, lr_schedule="cosine") == pytest.approx(5e-4)
+    assert rate(100, lr_schedule="cosine", warmup_steps=10) == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ParameterError, match="lr_schedule"):
+        train("unused.pth", [], "unused", lr_schedule="linear")

@@ -659,6 +659,8 @@ def train(
     grad_flags = [p.requires_grad for p in sam.parameters()]
     run = _Run(sam.eval(), base, training_data, out, settings, store, progress, stop)
     run.on_record = on_record
+    # Tiny values (Adam's second moments early on) as denormal floats slow CPU arithmetic many times over.
+    flushing = torch.set_flush_denormal(True)
     try:
         # Embeddings first: in decoder mode the encoder is the base model's, so a cache hits on resume too.
         run.prepare()
@@ -670,6 +672,8 @@ def train(
         run.write_card(stopped)
         sam.load_state_dict(read_state_dict(out / MODEL_FILE))
     finally:
+        if flushing:
+            torch.set_flush_denormal(False)
         for p, flag in zip(sam.parameters(), grad_flags):
             p.requires_grad_(flag)
         sam.eval()

@@ -72,6 +72,27 @@ class MaskUpsampler:
         columns = self._taps(logits.transpose(-1, -2).contiguous(), self.col_index, self.col_weight)
         return self._taps(columns.transpose(-1, -2).contiguous(), self.row_index, self.row_weight)
 
+    def window(self, logits: torch.Tensor, floor: float) -> tuple[slice, slice, torch.Tensor]:
+        """The rows and columns of the full-size logits outside which every value is below ``floor``,
+        and the logits inside: (..., low_res, low_res) -> (rows, cols, (..., n_rows, n_cols)).
+
+        Each full-size logit is a weighted mean of low-res logits, so only the taps that reach a
+        low-res logit near or above ``floor`` need computing: for a small object in a large image,
+        a small fraction of the work of :meth:`__call__`.
+        """
+        active = (logits > floor - 0.01).reshape(-1, *logits.shape[-2:]).any(0)
+        rows = self._reach(active.any(1), self.row_index, self.row_weight)
+        cols = self._reach(active.any(0), self.col_index, self.col_weight)
+        columns = self._taps(logits.transpose(-1, -2).contiguous(), self.col_index[cols], self.col_weight[cols])
+        inside = self._taps(columns.transpose(-1, -2).contiguous(), self.row_index[rows], self.row_weight[rows])
+        return rows, cols, inside
+
+    @staticmethod
+    def _reach(active: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> slice:
+        """The span of output positions with a nonzero tap on an active low-res position."""
+        hits = torch.nonzero((active[index] & (weight > 0)).any(1))
+        return slice(int(hits[0]), int(hits[-1]) + 1) if len(hits) else slice(0, 0)
+
     @staticmethod
     def _taps(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Resample axis -2 of ``x``: output row i mixes rows ``index[i]`` with ``weight[i]``."""

@@ -34,6 +34,9 @@ from . import _layers
 from ._plane import Plane, plane_in_view
 from ._prompts import Prompt, prompt_from_layers
 
+# The logit offset of the stability score shown beside each candidate (SAM's default).
+STABILITY_OFFSET = 1.0
+
 
 @dataclass(frozen=True)
 class EmbedRequest:
@@ -315,20 +318,23 @@ class Segmenter:
     def compute_candidates(self, prompt: Prompt, predictor: Predictor, plane: Plane, key: tuple) -> Candidates:
         """SAM's masks for ``prompt`` (any thread; touches no layer)."""
         mask_input = None if prompt.mask is None else predictor.mask_to_input(prompt.mask)
-        logits, iou, low_res = predictor.predict(
+        threshold = predictor.model.mask_threshold
+        (rows, cols), logits, iou, low_res = predictor.predict_window(
             prompt.points if len(prompt.points) else None,
             prompt.labels if len(prompt.points) else None,
             prompt.box,
             mask_input,
             multimask_output=prompt.ambiguous,
-            return_logits=True,
+            floor=-STABILITY_OFFSET,
         )
-        logits_t = torch.from_numpy(logits)
-        stability = stability_score(logits_t, predictor.model.mask_threshold, 1.0).numpy()
-        masks = logits > predictor.model.mask_threshold
-        outlines = np.zeros(masks.shape[1:], dtype=np.uint8)
-        for i in np.argsort([-m.sum() for m in masks], kind="stable"):
-            outlines[outline(masks[i])] = i + 1
+        stability = stability_score(torch.from_numpy(logits), threshold, STABILITY_OFFSET).numpy()
+        inside = logits > threshold
+        masks = np.zeros((len(inside), *predictor.original_size), dtype=bool)
+        masks[:, rows, cols] = inside
+        outlines = np.zeros(predictor.original_size, dtype=np.uint8)
+        window = outlines[rows, cols]
+        for i in np.argsort([-m.sum() for m in inside], kind="stable"):
+            window[outline(inside[i])] = i + 1
         return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), outlines)
 
     def show(self, candidates: Candidates | None) -> None:
