@@ -1,15 +1,17 @@
 """Screenshots of the widgets in use, from a real napari viewer (run under a display, e.g. xvfb-run).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshots.py --model MODEL
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshots.py [--model MODEL]
 
 Opens the generated nuclei sample, embeds it, clicks on the centre of one nucleus, commits
 the best candidate, clicks on a second nucleus (leaving its three candidates on show), and
-saves docs/segment_widget.png.
+saves docs/segment_widget.png. Then runs grid mode on the same image (with the quality
+filters of the model card, for samkit_tiny) and saves docs/grid_widget.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import napari
@@ -17,7 +19,7 @@ import numpy as np
 from qtpy.QtCore import QEventLoop, QTimer
 from scipy import ndimage
 
-from samkit import synthetic
+from samkit import synthetic, weights
 from samkit.plugin._sample_data import SIZE
 
 DOCS = Path(__file__).parent
@@ -55,7 +57,8 @@ def centre(labels: np.ndarray, object_id: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a registry name or a checkpoint file")
+    parser.add_argument("--model", default="samkit_tiny", help="a registry name or a checkpoint file "
+                        "(default: samkit_tiny, which ships with samkit)")
     args = parser.parse_args()
 
     viewer = napari.Viewer(show=True)
@@ -82,6 +85,19 @@ def main() -> None:
     viewer.reset_view()
     settle(viewer)
     viewer.screenshot(str(DOCS / "segment_widget.png"), canvas_only=False)
+
+    viewer.window.remove_dock_widget(segment)
+    _, grid = viewer.window.add_plugin_dock_widget("napari-samkit", "Grid mode")
+    if model == weights.OFFLINE_DEFAULT:
+        card = json.loads((weights.BUNDLED / "samkit_tiny.json").read_text())
+        for name, value in card["evaluation"]["grid_parameters"].items():
+            grid.fields[name].setValue(value)
+    grid.run()
+    wait(grid.finished)
+    viewer.layers["samkit: candidates"].visible = False
+    viewer.layers["samkit: current"].visible = False
+    settle(viewer)
+    viewer.screenshot(str(DOCS / "grid_widget.png"), canvas_only=False)
 
     viewer.close()
 

@@ -43,38 +43,36 @@ COMMAND = "python scripts/train_samkit_tiny.py"
 THREADS = 2
 TORCH_SEED = 0
 
-# A ViT encoder on 384 px inputs with 8 px patches (48 x 48 tokens, 192 x 192 low-res masks): a
-# nucleus of 6 to 25 px radius spans several tokens. The decoder is narrower than SAM's and keeps
-# 8 heads: the head count is not stored in a state dict and samkit.load_model assumes 8.
+# A ViT encoder on 512 px inputs (patch 16: 32 x 32 tokens, 128 x 128 low-res masks) and a
+# decoder narrower than SAM's. The decoder keeps 8 heads: the head count is not stored in a
+# state dict and samkit.load_model assumes 8.
 CONFIG = SamConfig(
-    ViTConfig(img_size=384, patch_size=8, embed_dim=160, depth=6, num_heads=5, mlp_ratio=4.0, out_chans=128,
-              window_size=12, global_attn_indexes=(2, 5)),
+    ViTConfig(img_size=512, patch_size=16, embed_dim=192, depth=6, num_heads=6, mlp_ratio=4.0, out_chans=128,
+              window_size=8, global_attn_indexes=(2, 5)),
     DecoderConfig(embed_dim=128, mask_in_chans=16, depth=2, num_heads=8, mlp_dim=512, iou_head_hidden_dim=128),
 )
 
 # (kind, count, (height, width), seed) for synthetic.dataset; held-out seeds differ from training seeds.
 TRAIN_DATA = (
-    ("nuclei", 200, (384, 384), 1),
-    ("nuclei", 150, (256, 256), 2),
-    ("cells", 80, (256, 256), 3),
-    ("cells", 20, (384, 384), 4),
+    ("nuclei", 250, (256, 256), 1),
+    ("nuclei", 20, (512, 512), 2),
+    ("cells", 60, (256, 256), 3),
 )
 HELD_OUT = {
-    "nuclei_384": ("nuclei", 10, (384, 384), 101),
-    "nuclei_256": ("nuclei", 20, (256, 256), 102),
-    "cells_256": ("cells", 20, (256, 256), 103),
-    "nuclei_512": ("nuclei", 3, (512, 512), 104),
+    "nuclei_256": ("nuclei", 40, (256, 256), 101),
+    "cells_256": ("cells", 20, (256, 256), 102),
+    "nuclei_512": ("nuclei", 5, (512, 512), 103),
 }
-GRID_IMAGES = {"nuclei_384": 10, "nuclei_256": 20}
+GRID_IMAGES = {"nuclei_256": 20, "nuclei_512": 5}
 
 TRAIN_SETTINGS: dict[str, Any] = {
     "mode": "full",
-    "epochs": 2,
+    "epochs": 4,
     "lr": 1e-3,
     "warmup_steps": 300,
     "lr_schedule": "cosine",
     "weight_decay": 0.05,
-    "objects_per_batch": 12,
+    "objects_per_batch": 8,
     "correction_rounds": 2,
     "box_probability": 0.5,
     "val_fraction": 0.05,
@@ -262,9 +260,8 @@ def write_card(training: dict[str, Any], metrics: dict[str, Any] | None) -> None
             "encoder": dataclasses.asdict(CONFIG.encoder),
             "decoder": dataclasses.asdict(CONFIG.decoder),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "input": f"SAM preprocessing: longest side resized to {CONFIG.encoder.img_size}, ImageNet mean/std, "
-                     "zero padding",
-            "low_res_masks": [CONFIG.encoder.img_size // CONFIG.encoder.patch_size * 4] * 2,
+            "input": "SAM preprocessing: longest side resized to 512, ImageNet mean/std, zero padding",
+            "low_res_masks": [CONFIG.encoder.img_size // 4] * 2,
         },
         "data": {
             "generator": "samkit.synthetic.dataset(kind, count, shape, seed)",

@@ -29,7 +29,7 @@ def test_core_imports_neither_napari_nor_qt():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_wheel_carries_the_manifest(tmp_path):
+def test_wheel_carries_the_manifest_and_the_shipped_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
         capture_output=True, text=True,
@@ -38,4 +38,7 @@ def test_wheel_carries_the_manifest(tmp_path):
     wheel = next(tmp_path.glob("napari_samkit-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         manifest = archive.read("samkit/napari.yaml").decode()
+        shipped = {name: archive.read(f"samkit/data/{name}") for name in ("samkit_tiny.pth", "samkit_tiny.json")}
     assert manifest == (ROOT / "napari.yaml").read_text()
+    for name, content in shipped.items():
+        assert content == (ROOT / "src" / "samkit" / "data" / name).read_bytes(), name

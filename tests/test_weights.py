@@ -461,12 +461,12 @@ def test_registry_has_the_required_models():
 def test_registry_entry_is_well_formed(name):
     item = weights.REGISTRY[name]
     assert item.name == name
-    assert item.url.startswith("https://")
+    assert item.url.startswith("https://") or (item.bundled and not item.url)
     algorithm, _, digest = item.known_hash.partition(":")
     assert algorithm in HEX_LENGTH
     assert len(digest) == HEX_LENGTH[algorithm]
     assert all(c in "0123456789abcdef" for c in digest)
-    assert item.architecture in {"vit_b", "vit_l", "vit_h", "vit_t"}
+    assert item.architecture in {"vit_b", "vit_l", "vit_h", "vit_t", "custom_vit"}
     assert item.preprocessing in {"sam", "medsam"}
     assert item.size is None or item.size > 0
     assert item.filename and "/" not in item.filename and not item.filename.startswith(".")
