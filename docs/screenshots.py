@@ -2,9 +2,9 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/screenshots.py [--model MODEL]
 
-Opens the generated nuclei sample, embeds it, clicks on the centre of one nucleus, commits
-the best candidate, clicks on a second nucleus (leaving its three candidates on show), and
-saves docs/segment_widget.png. Then runs grid mode on the same image (with the quality
+Opens the generated nuclei sample, embeds it, clicks on the centre of the nucleus of the
+README's first command, commits the best candidate, clicks on the largest nucleus (leaving its
+three candidates on show), and saves docs/segment_widget.png. Then runs grid mode on the same image (with the quality
 filters of the model card, for samkit_tiny) and saves docs/grid_widget.png.
 """
 
@@ -23,6 +23,7 @@ from samkit import synthetic, weights
 from samkit.plugin._sample_data import SIZE
 
 DOCS = Path(__file__).parent
+README_POINT = (213, 143)  # x, y of the nucleus the README's first command clicks
 
 
 def wait(signal, seconds: float = 600) -> None:
@@ -75,7 +76,8 @@ def main() -> None:
     segment.embed()
     wait(segment.embedded)
     areas = np.bincount(truth.ravel())
-    first, second = (int(i) for i in np.argsort(areas[1:])[::-1][:2] + 1)
+    first = int(truth[README_POINT[1], README_POINT[0]])
+    second = next(int(i) for i in np.argsort(areas[1:])[::-1] + 1 if i != first)
     points = segment.segmenter.points_layer
     points.add(np.array([centre(truth, first)]))
     wait(segment.candidates_shown)
