@@ -307,10 +307,8 @@ class Predictor:
         the box is (x0, y0, x1, y1); ``mask_input`` is low-res logits from a
         previous call. C is 3 with ``multimask_output`` and 1 without.
         """
-        low_res, iou = self._predict_prompt(point_coords, point_labels, box, mask_input, multimask_output)
-        masks = self.upsample_logits(low_res)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        prompt = self._prompt_tensors(point_coords, point_labels, box, mask_input)
+        masks, iou, low_res = self.predict_torch(*prompt, multimask_output=multimask_output, return_logits=return_logits)
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
     def predict_window(
@@ -329,20 +327,20 @@ class Predictor:
         logits. Masks and stability scores at offsets down to ``-floor`` equal :meth:`predict`'s,
         at a fraction of its cost for an object much smaller than the image.
         """
-        low_res, iou = self._predict_prompt(point_coords, point_labels, box, mask_input, multimask_output)
+        prompt = self._prompt_tensors(point_coords, point_labels, box, mask_input)
         with torch.inference_mode():
+            low_res, iou = self.predict_low_res(*prompt, multimask_output=multimask_output)
             rows, cols, logits = self._upsample.window(low_res[0], self.model.mask_threshold + floor)
         return (rows, cols), logits.cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
-    def _predict_prompt(
+    def _prompt_tensors(
         self,
         point_coords: np.ndarray | None,
         point_labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_input: np.ndarray | None,
-        multimask_output: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits (1, C, h, w) and IoU (1, C) of one prompt given in original pixels."""
+    ) -> tuple[torch.Tensor | None, ...]:
+        """One prompt in original pixels, checked, as a batch of one in the model's input frame."""
         self._require_image()
         point_coords, point_labels, box, mask_input = self._check_prompts(point_coords, point_labels, box, mask_input)
 
@@ -353,14 +351,12 @@ class Predictor:
         if point_coords is not None:
             coords = scale_coords(point_coords, self.original_size, self.input_size)
         boxes = None if box is None else scale_coords(box.reshape(2, 2), self.original_size, self.input_size).reshape(4)
-        with torch.inference_mode():
-            return self.predict_low_res(
-                tensor(coords, torch.float32),
-                tensor(point_labels, torch.int64),
-                tensor(boxes, torch.float32),
-                tensor(mask_input, torch.float32),
-                multimask_output=multimask_output,
-            )
+        return (
+            tensor(coords, torch.float32),
+            tensor(point_labels, torch.int64),
+            tensor(boxes, torch.float32),
+            tensor(mask_input, torch.float32),
+        )
 
     @torch.inference_mode()
     def predict_torch(

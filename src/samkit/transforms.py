@@ -69,8 +69,7 @@ class MaskUpsampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., low_res, low_res) -> (..., H, W)."""
-        columns = self._taps(logits.transpose(-1, -2).contiguous(), self.col_index, self.col_weight)
-        return self._taps(columns.transpose(-1, -2).contiguous(), self.row_index, self.row_weight)
+        return self._resample(logits, slice(None), slice(None))
 
     def window(self, logits: torch.Tensor, floor: float) -> tuple[slice, slice, torch.Tensor]:
         """The rows and columns of the full-size logits outside which every value is below ``floor``,
@@ -83,9 +82,12 @@ class MaskUpsampler:
         active = (logits > floor - 0.01).reshape(-1, *logits.shape[-2:]).any(0)
         rows = self._reach(active.any(1), self.row_index, self.row_weight)
         cols = self._reach(active.any(0), self.col_index, self.col_weight)
+        return rows, cols, self._resample(logits, rows, cols)
+
+    def _resample(self, logits: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        """The output rows ``rows`` and columns ``cols`` of the full-size logits."""
         columns = self._taps(logits.transpose(-1, -2).contiguous(), self.col_index[cols], self.col_weight[cols])
-        inside = self._taps(columns.transpose(-1, -2).contiguous(), self.row_index[rows], self.row_weight[rows])
-        return rows, cols, inside
+        return self._taps(columns.transpose(-1, -2).contiguous(), self.row_index[rows], self.row_weight[rows])
 
     @staticmethod
     def _reach(active: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> slice:

@@ -79,7 +79,8 @@ REGISTRY: dict[str, ModelEntry] = {
             "micro-sam ViT-B for electron microscopy organelles",
         ),
         ModelEntry(
-            "samkit_tiny", "custom_vit", "", "sha256:1659b191836985b551ac235b07ace56a54c741df2bbd9f078b25dccaa0090a74", "samkit_tiny.pth", 7_990_307,
+            "samkit_tiny", "custom_vit", "",
+            "sha256:1659b191836985b551ac235b07ace56a54c741df2bbd9f078b25dccaa0090a74", "samkit_tiny.pth", 7_990_307,
             "samkit's own small model, trained on generated fluorescence images; ships with samkit (offline)",
             bundled=True,
         ),
