@@ -5,8 +5,9 @@
 A 1024x1024 image in a real napari viewer, a ViT-B model (random weights) with the
 embedding already computed; each edit moves the one positive point, and the clock stops
 when the three candidates are in ``samkit: candidates`` and ``samkit: current`` (the
-widget's ``candidates_shown`` signal, after napari has processed the layer refresh).
-The requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
+widget's ``candidates_shown`` signal, after napari has processed the layer refresh). It also
+reports when the canvas has drawn them (the end of the next canvas draw), which is what the user
+sees. The requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
 the official ``SamPredictor.predict`` for the same prompt on the same weights, which is only
 the model's part of the work. Random weights give masks that cover much of the image, so it
 also times, on its own, what comes after the decoder for an object of nucleus size (a disc of
@@ -75,7 +76,10 @@ def postprocess_ms(repeats: int = 30) -> tuple[float, float]:
     return times[0], times[1]
 
 
-def widget_latency_ms(state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray) -> list[float]:
+def widget_latency_ms(
+    state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray
+) -> tuple[list[float], list[float]]:
+    """Per edit: ms until the candidates are in the labels layers, and until the canvas has drawn them."""
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
 
@@ -95,20 +99,37 @@ def widget_latency_ms(state: dict[str, torch.Tensor], embedding: torch.Tensor, p
     widget.segmenter.install_embedding(request, predictor)
     points_layer, _ = widget.segmenter.prompt_layers()
 
+    shown_at: list[float] = []
+    drawn_at: list[float] = []
     loop = QEventLoop()
-    widget.candidates_shown.connect(loop.quit)
-    times = []
+
+    def drawn(event: object) -> None:
+        if shown_at and not drawn_at:
+            drawn_at.append(time.perf_counter())
+            loop.quit()
+
+    widget.candidates_shown.connect(lambda: shown_at.append(time.perf_counter()))
+    # The end of the first canvas draw after the candidates were shown: when they are on screen.
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(drawn, position="last")
+    timeout = QTimer()
+    timeout.setSingleShot(True)
+    timeout.setInterval(5_000)
+    timeout.timeout.connect(loop.quit)
+    shown, drawn_ms = [], []
     for x, y in points:
+        shown_at.clear()
+        drawn_at.clear()
         start = time.perf_counter()
         points_layer.data = np.array([[y, x]], dtype=float)
-        QTimer.singleShot(5_000, loop.quit)
+        timeout.start()
         loop.exec_()
-        elapsed = (time.perf_counter() - start) * 1000
-        if widget.segmenter.candidates is None or len(widget.segmenter.candidates.masks) != 3:
-            raise RuntimeError("the widget did not show three candidates")
-        times.append(elapsed)
+        timeout.stop()
+        if not drawn_at or widget.segmenter.candidates is None or len(widget.segmenter.candidates.masks) != 3:
+            raise RuntimeError("the widget did not show and draw three candidates")
+        shown.append((shown_at[0] - start) * 1000)
+        drawn_ms.append((drawn_at[0] - start) * 1000)
     viewer.close()
-    return times
+    return shown, drawn_ms
 
 
 def main() -> None:
@@ -119,13 +140,14 @@ def main() -> None:
     torch.manual_seed(2)
     embedding = torch.randn(1, 256, 64, 64)
     points = np.random.default_rng(3).uniform(50, SIZE - 50, (args.edits + 3, 2))
-    ours = widget_latency_ms(state, embedding, points)[3:]
+    shown, drawn = (times[3:] for times in widget_latency_ms(state, embedding, points))
     official = official_predict_ms(state, embedding, points)[3:]
     full_ms, window_ms = postprocess_ms()
     result = {
         "edits": args.edits,
-        "widget_median_ms": statistics.median(ours),
-        "widget_p90_ms": float(np.percentile(ours, 90)),
+        "widget_median_ms": statistics.median(shown),
+        "widget_p90_ms": float(np.percentile(shown, 90)),
+        "widget_drawn_median_ms": statistics.median(drawn),
         "official_predict_median_ms": statistics.median(official),
         "budget_ms": BUDGET_MS,
         "nucleus_postprocess_full_ms": full_ms,
@@ -136,6 +158,7 @@ def main() -> None:
     print(f"points edit -> labels updated (widget, whole path): median {result['widget_median_ms']:.1f} ms, "
           f"90th percentile {result['widget_p90_ms']:.1f} ms; budget {BUDGET_MS:.0f} ms "
           f"(ratio {result['ratio_to_budget']:.2f})")
+    print(f"points edit -> candidates drawn on the canvas: median {result['widget_drawn_median_ms']:.1f} ms")
     print(f"official SamPredictor.predict alone, same prompt: median {result['official_predict_median_ms']:.1f} ms "
           f"(widget / official {result['ratio_to_official_predict']:.2f})")
     print(f"after the decoder, a nucleus-sized object: full upsampling {full_ms:.1f} ms, window {window_ms:.1f} ms "

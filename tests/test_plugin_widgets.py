@@ -9,7 +9,7 @@ import pytest
 import torch
 from napari.utils.notifications import notification_manager
 
-from samkit.plugin import _io, _layers
+from samkit.plugin import _io, _jobs, _layers
 from samkit.plugin._grid_widget import GridWidget
 from samkit.plugin._segment_widget import SegmentWidget
 
@@ -157,17 +157,20 @@ class _DiscPredictor:
         return window, np.repeat(logits[None], count, 0).astype(np.float32), np.full(count, 0.9), np.zeros((count, 8, 8))
 
 
-def test_scaled_and_translated_layer_puts_masks_under_the_prompt(make_napari_viewer, qtbot, tiny_checkpoint):
-    viewer = make_napari_viewer()
-    image = viewer.add_image(_image(), scale=(0.5, 2.0), translate=(100.0, -40.0))
-    widget = _widget(viewer, qtbot, tiny_checkpoint)
-    segmenter = widget.segmenter
+def _use_disc_predictor(segmenter) -> None:
     real = segmenter.compute_embedding
 
     def disc_predictor(request, progress=None):
         return _DiscPredictor(request.plane.shape, real(request, progress).model)
 
     segmenter.compute_embedding = disc_predictor
+
+
+def test_scaled_and_translated_layer_puts_masks_under_the_prompt(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), scale=(0.5, 2.0), translate=(100.0, -40.0))
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _use_disc_predictor(widget.segmenter)
     _embed(widget, qtbot)
     world = (100.0 + 0.5 * 30, -40.0 + 2.0 * 70)
     _click(widget, qtbot, world)
@@ -178,6 +181,31 @@ def test_scaled_and_translated_layer_puts_masks_under_the_prompt(make_napari_vie
     rows, cols = np.nonzero(objects.data == 1)
     assert abs(rows.mean() - 30) < 0.5 and abs(cols.mean() - 70) < 0.5
     assert objects.data[30, 70] == 1 and objects.data[30, 80] == 0
+
+
+def test_live_predictions_update_thumbnails_once_they_settle(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _use_disc_predictor(widget.segmenter)
+    _embed(widget, qtbot)
+    _click(widget, qtbot, (30, 70))
+    current = viewer.layers[_layers.CURRENT]
+    assert current.data[30, 70] == 1
+    # The live update leaves the layer-list thumbnail alone; it follows once predictions pause.
+    stale = current.thumbnail.copy()
+    qtbot.waitUntil(lambda: not np.array_equal(current.thumbnail, stale), timeout=WAIT_MS)
+    settled = current.thumbnail.copy()
+    current.refresh()
+    np.testing.assert_array_equal(current.thumbnail, settled)
+
+
+def test_interactive_workers_live_until_a_later_one_starts(qtbot):
+    jobs = [_jobs.Job("Prediction", lambda report, i=i: i, lambda result: None, interactive=True) for i in range(3)]
+    for job in jobs:
+        with qtbot.waitSignal(job.finished, timeout=WAIT_MS):
+            job.start()
+    assert _jobs._INTERACTIVE_WORKERS == [jobs[-1]._worker]
 
 
 def test_stack_segments_the_plane_in_view(make_napari_viewer, qtbot, tiny_checkpoint):

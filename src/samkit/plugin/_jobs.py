@@ -13,6 +13,10 @@ from qtpy.QtCore import QObject, QThreadPool, Signal
 from ..errors import Cancelled, SamkitError
 
 _INTERACTIVE: QThreadPool | None = None
+# Workers given to the interactive pool, kept alive until a later one starts: a worker still
+# emits signals after its ``finished`` one, and deleting it then (its job replaced by the next
+# prediction) would delete those signals under the running thread.
+_INTERACTIVE_WORKERS: list[Any] = []
 
 
 def _interactive_pool() -> QThreadPool:
@@ -28,6 +32,12 @@ def _interactive_pool() -> QThreadPool:
         _INTERACTIVE.setMaxThreadCount(1)
         _INTERACTIVE.setExpiryTimeout(-1)
     return _INTERACTIVE
+
+
+def _release_workers_before(worker: Any) -> None:
+    """``worker`` has started, so the interactive workers before it have returned from ``run``."""
+    if worker in _INTERACTIVE_WORKERS:
+        del _INTERACTIVE_WORKERS[: _INTERACTIVE_WORKERS.index(worker)]
 
 
 class Job(QObject):
@@ -86,6 +96,8 @@ class Job(QObject):
         self.running = True
         self._worker = worker
         if self._interactive:
+            _INTERACTIVE_WORKERS.append(worker)
+            worker.started.connect(lambda: _release_workers_before(worker))
             _interactive_pool().start(worker)
         else:
             worker.start()

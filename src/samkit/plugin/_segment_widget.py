@@ -33,6 +33,7 @@ from ._jobs import Job
 from ._segmenter import Candidates, Segmenter
 
 CONTRAST_DELAY_MS = 400
+THUMBNAIL_DELAY_MS = 300
 EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
 
 
@@ -52,6 +53,10 @@ class SegmentWidget(JobWidget):
         self._predict_again = False
         self._last_problems: list[str] = []
         self._watched: weakref.WeakSet = weakref.WeakSet()
+        self._thumbnails = QTimer()
+        self._thumbnails.setSingleShot(True)
+        self._thumbnails.setInterval(THUMBNAIL_DELAY_MS)
+        self._thumbnails.timeout.connect(self.segmenter.refresh_thumbnails)
 
         self.image = QComboBox()
         self.image.setToolTip("The image layer to segment (follows the selected layer)")
@@ -401,7 +406,8 @@ class SegmentWidget(JobWidget):
     def _show(self, candidates: Candidates) -> None:
         if self.segmenter.embedded is None or candidates.key != self.segmenter.embedded.key:
             return
-        self.segmenter.show(candidates)
+        self.segmenter.show(candidates, thumbnails=False)
+        self._thumbnails.start()
         self._update_rows(candidates)
         self.candidates_shown.emit()
 

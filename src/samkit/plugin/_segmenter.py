@@ -334,11 +334,16 @@ class Segmenter:
         outlines = np.zeros(predictor.original_size, dtype=np.uint8)
         window = outlines[rows, cols]
         for i in np.argsort([-m.sum() for m in inside], kind="stable"):
-            window[outline(inside[i])] = i + 1
+            np.putmask(window, outline(inside[i]), i + 1)
         return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), outlines)
 
-    def show(self, candidates: Candidates | None) -> None:
-        """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``."""
+    def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
+        """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``.
+
+        ``thumbnails=False`` leaves the two layers' thumbnails for :meth:`refresh_thumbnails`:
+        live predictions update the layers many times a second, and each new thumbnail also
+        repaints napari's layer list.
+        """
         self.candidates = candidates
         image = candidates.plane.layer if candidates else (self.embedded.plane.layer if self.embedded else None)
         if image is None or image not in self.viewer.layers:
@@ -358,9 +363,17 @@ class Segmenter:
         else:
             plane.write(outlines.data, candidates.outlines)
             plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
-        outlines.refresh()
-        current.refresh()
+        # The layers keep their shape, so their extent (and the viewer's dims) stay as they are.
+        outlines.refresh(thumbnail=thumbnails, extent=False, highlight=False)
+        current.refresh(thumbnail=thumbnails, extent=False, highlight=False)
         self._shown_plane = plane
+
+    def refresh_thumbnails(self) -> None:
+        """Bring the layer-list thumbnails of ``samkit: candidates`` and ``samkit: current`` up to date."""
+        for name in (_layers.CANDIDATES, _layers.CURRENT):
+            for layer in self.viewer.layers:
+                if isinstance(layer, Labels) and layer.name.startswith(name):
+                    layer.refresh(data_displayed=False, highlight=False, extent=False)
 
     def predict(self) -> Candidates | None:
         """Embed if needed, then show the candidates for the current prompt (on this thread)."""
