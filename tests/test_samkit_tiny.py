@@ -23,8 +23,9 @@ MAX_BYTES = 20 * 1000**2
 # The README's first command clicks nucleus 17 of the sample (x=213, y=143); the model must give it this well.
 README_POINT = (213, 143)
 CLICK_IOU = 0.85
-# One click per object on held-out images: the model card reports a mean IoU of about 0.66; this guards it.
-HELD_OUT_MIOU = 0.6
+# One click per object on held-out images: the model card reports a mean IoU of 0.72 (0.68 on the
+# image this test uses); this guards it.
+HELD_OUT_MIOU = 0.65
 WAIT_MS = 60_000
 
 
@@ -70,8 +71,9 @@ def test_card_records_the_recipe_and_the_held_out_numbers(card):
     assert card["file_bytes"] == WEIGHTS.stat().st_size
     assert card["command"] == "python scripts/train_samkit_tiny.py"
     training = card["training"]
-    assert training["steps"] > 0 and training["wall_seconds"] > 0 and training["stopped"] == "completed"
-    train_seeds = {spec["seed"] for spec in card["data"]["train"]}
+    assert training["wall_seconds"] > 0 and len(training["stages"]) == 2
+    assert all(stage["steps"] > 0 and stage["stopped"] == "completed" for stage in training["stages"])
+    train_seeds = {spec["seed"] for specs in card["data"]["train"].values() for spec in specs}
     held_out = card["evaluation"]["held_out"]
     assert held_out and not train_seeds & {entry["data"]["seed"] for entry in held_out.values()}
     for entry in held_out.values():
