@@ -311,6 +311,7 @@ class Predictor:
         masks, iou, low_res = self.predict_torch(*prompt, multimask_output=multimask_output, return_logits=return_logits)
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
+    @torch.inference_mode()
     def predict_window(
         self,
         point_coords: np.ndarray | None = None,
@@ -328,9 +329,8 @@ class Predictor:
         at a fraction of its cost for an object much smaller than the image.
         """
         prompt = self._prompt_tensors(point_coords, point_labels, box, mask_input)
-        with torch.inference_mode():
-            low_res, iou = self.predict_low_res(*prompt, multimask_output=multimask_output)
-            rows, cols, logits = self._upsample.window(low_res[0], self.model.mask_threshold + floor)
+        low_res, iou = self.predict_low_res(*prompt, multimask_output=multimask_output)
+        rows, cols, logits = self._upsample.window(low_res[0], self.model.mask_threshold + floor)
         return (rows, cols), logits.cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
     def _prompt_tensors(

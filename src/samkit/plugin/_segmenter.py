@@ -20,7 +20,7 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_warning
 
 from .. import medical, rle
-from ..automatic import AutomaticMaskGenerator, masks_to_labels, stability_score
+from ..automatic import GENERATOR_OPTIONS, AutomaticMaskGenerator, masks_to_labels, stability_score
 from ..cache import EmbeddingCache
 from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
@@ -35,7 +35,7 @@ from ._plane import Plane, plane_in_view
 from ._prompts import Prompt, prompt_from_layers
 
 # The logit offset of the stability score shown beside each candidate (SAM's default).
-STABILITY_OFFSET = 1.0
+STABILITY_OFFSET = GENERATOR_OPTIONS["stability_score_offset"][1]
 
 
 @dataclass(frozen=True)
@@ -370,10 +370,13 @@ class Segmenter:
 
     def refresh_thumbnails(self) -> None:
         """Bring the layer-list thumbnails of ``samkit: candidates`` and ``samkit: current`` up to date."""
+        plane = self._shown_plane
+        if plane is None or plane.layer not in self.viewer.layers:
+            return
         for name in (_layers.CANDIDATES, _layers.CURRENT):
-            for layer in self.viewer.layers:
-                if isinstance(layer, Labels) and layer.name.startswith(name):
-                    layer.refresh(data_displayed=False, highlight=False, extent=False)
+            layer = _layers.existing_labels(self.viewer, plane.layer, name)
+            if layer is not None:
+                layer.refresh(data_displayed=False, highlight=False, extent=False)
 
     def predict(self) -> Candidates | None:
         """Embed if needed, then show the candidates for the current prompt (on this thread)."""
