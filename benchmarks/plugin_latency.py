@@ -7,7 +7,8 @@ embedding already computed; each edit moves the one positive point, and the cloc
 when the three candidates are in ``samkit: candidates`` and ``samkit: current`` (the
 widget's ``candidates_shown`` signal, after napari has processed the layer refresh). It also
 reports when the canvas has drawn them (the end of the next canvas draw), which is what the user
-sees. The requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
+sees, and the same edits with the viewer's window hidden: under Xvfb, Mesa draws the canvas in
+software on the same 2 cores, which a graphics card would do instead. The requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
 the official ``SamPredictor.predict`` for the same prompt on the same weights, which is only
 the model's part of the work. Random weights give masks that cover much of the image, so it
 also times, on its own, what comes after the decoder for an object of nucleus size (a disc of
@@ -20,8 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import segment_anything  # noqa: F401  (imports torch's compiler stack before napari's OpenGL loads Mesa's LLVM)
@@ -30,6 +34,10 @@ from run import RESULTS, official_model, our_model, random_sam_state
 
 SIZE = 1024
 BUDGET_MS = 100.0
+
+# Each run starts from napari's default settings, in a settings file of its own: with a window
+# geometry saved by an earlier run, the canvas was seen not to draw the first candidates at all.
+os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
 
 
 def official_predict_ms(state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray) -> list[float]:
@@ -77,16 +85,19 @@ def postprocess_ms(repeats: int = 30) -> tuple[float, float]:
 
 
 def widget_latency_ms(
-    state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray
+    state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray, show: bool = True
 ) -> tuple[list[float], list[float]]:
-    """Per edit: ms until the candidates are in the labels layers, and until the canvas has drawn them."""
+    """Per edit: ms until the candidates are in the labels layers, and until the canvas has drawn them.
+
+    ``show=False`` keeps the viewer's window hidden, so nothing is drawn (the second list is empty).
+    """
     import napari
     from qtpy.QtCore import QEventLoop, QTimer
 
     from samkit.plugin._segment_widget import SegmentWidget
     from samkit.predictor import Predictor
 
-    viewer = napari.Viewer(show=True)
+    viewer = napari.Viewer(show=show)
     rng = np.random.default_rng(0)
     viewer.add_image(rng.integers(0, 4000, (SIZE, SIZE)).astype(np.uint16), name="image")
     widget = SegmentWidget(viewer)
@@ -108,7 +119,12 @@ def widget_latency_ms(
             drawn_at.append(time.perf_counter())
             loop.quit()
 
-    widget.candidates_shown.connect(lambda: shown_at.append(time.perf_counter()))
+    def candidates_shown() -> None:
+        shown_at.append(time.perf_counter())
+        if not show:
+            loop.quit()
+
+    widget.candidates_shown.connect(candidates_shown)
     # The end of the first canvas draw after the candidates were shown: when they are on screen.
     viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(drawn, position="last")
     timeout = QTimer()
@@ -124,10 +140,12 @@ def widget_latency_ms(
         timeout.start()
         loop.exec_()
         timeout.stop()
-        if not drawn_at or widget.segmenter.candidates is None or len(widget.segmenter.candidates.masks) != 3:
+        candidates = widget.segmenter.candidates
+        if not shown_at or (show and not drawn_at) or candidates is None or len(candidates.masks) != 3:
             raise RuntimeError("the widget did not show and draw three candidates")
         shown.append((shown_at[0] - start) * 1000)
-        drawn_ms.append((drawn_at[0] - start) * 1000)
+        if show:
+            drawn_ms.append((drawn_at[0] - start) * 1000)
     viewer.close()
     return shown, drawn_ms
 
@@ -141,6 +159,7 @@ def main() -> None:
     embedding = torch.randn(1, 256, 64, 64)
     points = np.random.default_rng(3).uniform(50, SIZE - 50, (args.edits + 3, 2))
     shown, drawn = (times[3:] for times in widget_latency_ms(state, embedding, points))
+    hidden = widget_latency_ms(state, embedding, points, show=False)[0][3:]
     official = official_predict_ms(state, embedding, points)[3:]
     full_ms, window_ms = postprocess_ms()
     result = {
@@ -148,6 +167,7 @@ def main() -> None:
         "widget_median_ms": statistics.median(shown),
         "widget_p90_ms": float(np.percentile(shown, 90)),
         "widget_drawn_median_ms": statistics.median(drawn),
+        "widget_hidden_median_ms": statistics.median(hidden),
         "official_predict_median_ms": statistics.median(official),
         "budget_ms": BUDGET_MS,
         "nucleus_postprocess_full_ms": full_ms,
@@ -159,6 +179,8 @@ def main() -> None:
           f"90th percentile {result['widget_p90_ms']:.1f} ms; budget {BUDGET_MS:.0f} ms "
           f"(ratio {result['ratio_to_budget']:.2f})")
     print(f"points edit -> candidates drawn on the canvas: median {result['widget_drawn_median_ms']:.1f} ms")
+    print(f"points edit -> labels updated, viewer window hidden (nothing drawn): median "
+          f"{result['widget_hidden_median_ms']:.1f} ms")
     print(f"official SamPredictor.predict alone, same prompt: median {result['official_predict_median_ms']:.1f} ms "
           f"(widget / official {result['ratio_to_official_predict']:.2f})")
     print(f"after the decoder, a nucleus-sized object: full upsampling {full_ms:.1f} ms, window {window_ms:.1f} ms "

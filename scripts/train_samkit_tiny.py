@@ -5,12 +5,12 @@ Run from the repository root::
     python scripts/train_samkit_tiny.py
 
 It generates the training images (``samkit.synthetic``, fixed seeds), trains a small
-SAM-architecture model with ``samkit.train.train`` in full mode in two stages (from random
-weights, then from those weights on images the first stage did not see), stores the best
+SAM-architecture model with ``samkit.train.train`` in full mode in stages (``STAGES``: the first
+from random weights, each later one from the previous weights on images no earlier stage saw), stores the best
 weights as float16 in ``src/samkit/data/samkit_tiny.pth``, evaluates that file (as ``samkit.load_model``
 loads it) on held-out synthetic images and on real images that scikit-image ships, and writes
 the model card ``src/samkit/data/samkit_tiny.json``. ``--evaluate-only`` skips training and
-evaluates the shipped file again.
+evaluates the shipped file again; ``--from-stage N`` continues from the shipped weights (stage N - 1's).
 """
 
 from __future__ import annotations
@@ -53,18 +53,18 @@ CONFIG = SamConfig(
     DecoderConfig(embed_dim=128, mask_in_chans=16, depth=2, num_heads=8, mlp_dim=512, iou_head_hidden_dim=128),
 )
 
-# (kind, count, (height, width), seed) for synthetic.dataset; held-out seeds differ from training seeds.
-TRAIN_DATA = (
-    ("nuclei", 250, (256, 256), 1),
-    ("nuclei", 20, (512, 512), 2),
-    ("cells", 60, (256, 256), 3),
-)
-# The second stage continues from the first stage's weights on images it has not seen.
-CONTINUE_DATA = (
-    ("nuclei", 250, (256, 256), 11),
-    ("nuclei", 20, (512, 512), 12),
-    ("cells", 60, (256, 256), 13),
-)
+
+
+def stage_data(first_seed: int) -> tuple[tuple[str, int, tuple[int, int], int], ...]:
+    """(kind, count, (height, width), seed) for synthetic.dataset: one stage's training images."""
+    return (
+        ("nuclei", 250, (256, 256), first_seed),
+        ("nuclei", 20, (512, 512), first_seed + 1),
+        ("cells", 60, (256, 256), first_seed + 2),
+    )
+
+
+# Held-out seeds differ from every stage's training seeds.
 HELD_OUT = {
     "nuclei_256": ("nuclei", 40, (256, 256), 101),
     "cells_256": ("cells", 20, (256, 256), 102),
@@ -88,12 +88,12 @@ TRAIN_SETTINGS: dict[str, Any] = {
     "precision": "fp32",
 }
 
-CONTINUE_SETTINGS: dict[str, Any] = {**TRAIN_SETTINGS, "lr": 4e-4, "warmup_steps": 100}
-
-# Stage 1 trains from random weights; stage 2 starts from stage 1's weights as stored (float16).
+# Stage 1 trains from random weights; each later stage starts from the previous stage's weights
+# as stored (float16) and trains on images no earlier stage has seen.
 STAGES = (
-    {"data": TRAIN_DATA, "settings": TRAIN_SETTINGS},
-    {"data": CONTINUE_DATA, "settings": CONTINUE_SETTINGS},
+    {"data": stage_data(1), "settings": TRAIN_SETTINGS},
+    {"data": stage_data(11), "settings": {**TRAIN_SETTINGS, "lr": 4e-4, "warmup_steps": 100}},
+    {"data": stage_data(21), "settings": {**TRAIN_SETTINGS, "lr": 3e-4, "warmup_steps": 100}},
 )
 
 # Grid mode for this model: 32 x 32 points; its predicted IoU and stability run lower than
@@ -242,11 +242,16 @@ def progress_printer(label: str, started: float) -> Any:
     return progress
 
 
-def run_training(work: Path) -> dict[str, Any]:
-    torch.manual_seed(TORCH_SEED)
-    model = build_sam(CONFIG)
-    records = []
-    for number, stage in enumerate(STAGES, start=1):
+def run_training(work: Path, first_stage: int, earlier: list[dict[str, Any]]) -> dict[str, Any]:
+    """Train stages ``first_stage``.. (1: from random weights; later: from the shipped weights, whose
+    record as stages 1..first_stage - 1 is ``earlier``)."""
+    if first_stage == 1:
+        torch.manual_seed(TORCH_SEED)
+        model = build_sam(CONFIG)
+    else:
+        model = samkit.load_model(WEIGHTS, device="cpu")
+    records = list(earlier)
+    for number, stage in enumerate(STAGES[first_stage - 1:], start=first_stage):
         started = time.perf_counter()
         data = [pair for spec in stage["data"] for pair in make_data(spec)]
         generation = time.perf_counter() - started
@@ -267,15 +272,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default=str(ROOT / "build" / "samkit_tiny_run"),
                         help="folder for the training run (model.pth, log.csv, train_state.pt)")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the shipped weights; do not train")
+    parser.add_argument("--from-stage", type=int, default=1, choices=range(1, len(STAGES) + 1),
+                        help="continue from the shipped weights, which the model card records as the "
+                             "stages before this one")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     previous = json.loads(CARD.read_text()) if CARD.exists() else {}
+    earlier = previous.get("training", {}).get("stages", [])[: args.from_stage - 1]
     if args.evaluate_only:
         training = previous.get("training")
         if training is None:
             sys.exit(f"{CARD} has no training record: run without --evaluate-only first.")
+    elif len(earlier) < args.from_stage - 1:
+        sys.exit(f"{CARD} records {len(earlier)} stages: the shipped weights are not stage {args.from_stage - 1}'s.")
     else:
-        training = run_training(Path(args.work))
+        training = run_training(Path(args.work), args.from_stage, earlier)
         write_card(training, None)
     write_card(training, evaluate(samkit.load_model(WEIGHTS, device="cpu")))
     print(f"wrote {WEIGHTS} ({WEIGHTS.stat().st_size / 1e6:.1f} MB) and {CARD}")
@@ -304,7 +315,7 @@ def write_card(training: dict[str, Any], metrics: dict[str, Any] | None) -> None
         "training": {
             "function": "samkit.train.train",
             "initialisation": f"stage 1: random (samkit.model.build_sam, torch.manual_seed({TORCH_SEED})); "
-                              "stage 2: stage 1's weights as stored in float16",
+                              "each later stage: the previous stage's weights as stored in float16",
             "threads": THREADS,
             "machine": f"{os.cpu_count()}-core CPU ({platform.machine()}), shared with other work",
             **training,

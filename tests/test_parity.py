@@ -178,6 +178,17 @@ def test_sam_postprocess_masks_matches_official_and_the_direct_upsampler(pair):
     assert_close(ours.upsample_logits(low).numpy(), expected.numpy(), "direct upsampling")
 
 
+def test_direct_upsampler_of_an_image_the_size_of_the_input_uses_two_taps_per_axis():
+    from samkit.transforms import MaskUpsampler
+
+    low = torch.randn(3, 64, 64) * 4
+    upsample = MaskUpsampler(64, 256, (256, 256), (256, 256), torch.device("cpu"))
+    assert upsample.row_index.shape == upsample.col_index.shape == (256, 2)
+    padded = torch.nn.functional.interpolate(low[None], (256, 256), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(padded, (256, 256), mode="bilinear", align_corners=False)[0]
+    assert_close(upsample(low).numpy(), expected.numpy(), "direct upsampling, identity second resize")
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_predict_window_gives_the_masks_of_predict_at_every_cut(pair, case):
     ours, _ = pair

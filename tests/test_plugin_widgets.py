@@ -34,6 +34,23 @@ def notes():
     notification_manager.notification_ready.disconnect(keep)
 
 
+def test_outlines_draw_each_mask_edge_with_smaller_masks_on_top():
+    from scipy import ndimage
+
+    from samkit.plugin._segmenter import outlines
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:40, :50]
+    inside = np.stack([
+        (yy - 20) ** 2 + (xx - 25) ** 2 < r**2 for r in (8, 18, 12)
+    ] + [rng.random((40, 50)) < 0.5])
+    expected = np.zeros((40, 50), np.uint8)
+    for i in np.argsort([-m.sum() for m in inside], kind="stable"):
+        expected[inside[i] & ~ndimage.binary_erosion(inside[i], border_value=0)] = i + 1
+    np.testing.assert_array_equal(outlines(inside), expected)
+    assert outlines(np.zeros((3, 5, 5), bool)).max() == 0
+
+
 def _image(h: int = 96, w: int = 128) -> np.ndarray:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:h, :w]

@@ -52,6 +52,12 @@ def _composed_taps(low_res: int, padded: int, valid: int, out_size: int) -> tupl
     return torch.from_numpy(index), torch.from_numpy(weight.astype(np.float32))
 
 
+def _nonzero_taps(index: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The taps without those whose weight is zero for every output (e.g. where a resize is the identity)."""
+    used = (weight != 0).any(0)
+    return index[:, used], weight[:, used]
+
+
 class MaskUpsampler:
     """Low-res mask logits straight to the original image size.
 
@@ -62,8 +68,8 @@ class MaskUpsampler:
 
     def __init__(self, low_res: int, padded: int, input_size: tuple[int, int], original_size: tuple[int, int],
                  device: torch.device) -> None:
-        rows = _composed_taps(low_res, padded, input_size[0], original_size[0])
-        cols = _composed_taps(low_res, padded, input_size[1], original_size[1])
+        rows = _nonzero_taps(*_composed_taps(low_res, padded, input_size[0], original_size[0]))
+        cols = _nonzero_taps(*_composed_taps(low_res, padded, input_size[1], original_size[1]))
         self.row_index, self.row_weight = (t.to(device) for t in rows)
         self.col_index, self.col_weight = (t.to(device) for t in cols)
 

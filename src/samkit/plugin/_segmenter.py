@@ -86,17 +86,24 @@ class GridResult:
     table: dict[str, np.ndarray]
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The pixels of ``mask`` that touch the background (4-neighbourhood; the image edge counts)."""
-    edge = np.zeros_like(mask)
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if rows.size == 0:
-        return edge
-    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    inside = np.pad(mask[r0:r1, c0:c1], 1)
-    core = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
-    edge[r0:r1, c0:c1] = inside[1:-1, 1:-1] & ~core
-    return edge
+def outlines(inside: np.ndarray) -> np.ndarray:
+    """Outlines of the masks ``inside`` (C, H, W), C <= 8, as one label image (H, W) uint8.
+
+    A mask's outline is its pixels that touch its background (4-neighbourhood; the image edge
+    counts). Each outline pixel holds 1 + the index of the smallest mask whose outline it is on
+    (smaller masks are drawn over larger ones); every other pixel is 0. All masks are handled in
+    one pass, as the bits of one uint8 image.
+    """
+    bits = np.zeros(inside.shape[1:], np.uint8)
+    for i, mask in enumerate(inside):
+        bits |= mask.view(np.uint8) << i
+    padded = np.pad(bits, 1)
+    core = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    largest_first = np.argsort([-np.count_nonzero(mask) for mask in inside], kind="stable")
+    label_of = np.zeros(1 << len(inside), np.uint8)
+    for code in range(1, len(label_of)):
+        label_of[code] = 1 + [i for i in largest_first if code >> i & 1][-1]
+    return label_of[bits & ~core]
 
 
 def _contrast_limits(layer: Image) -> tuple[float, float] | None:
@@ -331,11 +338,9 @@ class Segmenter:
         inside = logits > threshold
         masks = np.zeros((len(inside), *predictor.original_size), dtype=bool)
         masks[:, rows, cols] = inside
-        outlines = np.zeros(predictor.original_size, dtype=np.uint8)
-        window = outlines[rows, cols]
-        for i in np.argsort([-m.sum() for m in inside], kind="stable"):
-            np.putmask(window, outline(inside[i]), i + 1)
-        return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), outlines)
+        drawn = np.zeros(predictor.original_size, dtype=np.uint8)
+        drawn[rows, cols] = outlines(inside)
+        return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), drawn)
 
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
         """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``.
@@ -348,23 +353,23 @@ class Segmenter:
         image = candidates.plane.layer if candidates else (self.embedded.plane.layer if self.embedded else None)
         if image is None or image not in self.viewer.layers:
             return
-        outlines = _layers.candidates_layer(self.viewer, image)
+        outline_layer = _layers.candidates_layer(self.viewer, image)
         current = _layers.current_layer(self.viewer, image)
         previous = self._shown_plane
         plane = candidates.plane if candidates else previous
         if plane is None:
             return
         if previous is not None and previous != plane and previous.layer is image:
-            previous.write(outlines.data, np.zeros(previous.shape, np.uint8))
+            previous.write(outline_layer.data, np.zeros(previous.shape, np.uint8))
             previous.write(current.data, np.zeros(previous.shape, np.uint8))
         if candidates is None:
-            plane.write(outlines.data, np.zeros(plane.shape, np.uint8))
+            plane.write(outline_layer.data, np.zeros(plane.shape, np.uint8))
             plane.write(current.data, np.zeros(plane.shape, np.uint8))
         else:
-            plane.write(outlines.data, candidates.outlines)
+            plane.write(outline_layer.data, candidates.outlines)
             plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
         # The layers keep their shape, so their extent (and the viewer's dims) stay as they are.
-        outlines.refresh(thumbnail=thumbnails, extent=False, highlight=False)
+        outline_layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
         current.refresh(thumbnail=thumbnails, extent=False, highlight=False)
         self._shown_plane = plane
 
