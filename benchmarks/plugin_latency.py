@@ -2,13 +2,14 @@
 
     xvfb-run -a python benchmarks/plugin_latency.py [--edits 40]
 
-A 1024x1024 image in a real napari viewer, a ViT-B model (random weights) with the
-embedding already computed; each edit moves the one positive point, and the clock stops
-when the three candidates are in ``samkit: candidates`` and ``samkit: current`` (the
-widget's ``candidates_shown`` signal, after napari has processed the layer refresh). It also
-reports when the canvas has drawn them (the end of the next canvas draw), which is what the user
-sees, and the same edits with the viewer's window hidden: under Xvfb, Mesa draws the canvas in
-software on the same 2 cores, which a graphics card would do instead. The requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
+A 1024x1024 image in a real napari viewer (napari's default window and settings), a ViT-B
+model (random weights) with the embedding already computed; each edit moves the one positive
+point, and the clock stops when the three candidates are in ``samkit: candidates`` and
+``samkit: current`` (the widget's ``candidates_shown`` signal, after napari has processed the
+layer refresh). It also reports when the canvas has drawn them (the end of the next canvas draw),
+which is what the user sees, and the same edits with the viewer's window hidden: under Xvfb, Mesa
+draws the window in software on the same 2 cores, which a graphics card would do instead. The
+requirement is a median under 100 ms on a 2-core CPU. For reference, the same run times
 the official ``SamPredictor.predict`` for the same prompt on the same weights, which is only
 the model's part of the work. Random weights give masks that cover much of the image, so it
 also times, on its own, what comes after the decoder for an object of nucleus size (a disc of
