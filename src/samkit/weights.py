@@ -80,7 +80,7 @@ REGISTRY: dict[str, ModelEntry] = {
         ),
         ModelEntry(
             "samkit_tiny", "custom_vit", "",
-            "sha256:255f2d86e9d93c52115021dc54a9457aa9695fbb3a9a718f5bf00014d3d1a00e", "samkit_tiny.pth", 7_990_307,
+            "sha256:410683b106f8523271910f812d452dbbee024a37f29a2de460050fd113d2ce4a", "samkit_tiny.pth", 7_990_307,
             "samkit's own small model, trained on generated fluorescence images; ships with samkit (offline)",
             bundled=True,
         ),
