@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from skimage import io
 
 from samkit import rle
-from samkit.automatic import AutomaticMaskGenerator
+from samkit.automatic import GENERATOR_OPTIONS, AutomaticMaskGenerator
 from samkit.batch import METADATA_HEADER, image_files, segment_files
 from samkit.cli import main
 
@@ -34,6 +34,24 @@ def folder(tmp_path):
             tifffile.imwrite(images / name, (image[..., 0].astype(np.uint16) * 40))
     (images / "notes.txt").write_text("not an image")
     return images
+
+
+def test_grid_filters_default_to_the_model_card_of_a_bundled_model(tiny_checkpoint):
+    import json as json_module
+
+    from samkit import weights
+    from samkit.cli import _generator_options, build_parser
+
+    card = json_module.loads((weights.BUNDLED / "samkit_tiny.json").read_text())["evaluation"]["grid_parameters"]
+    options = _generator_options(build_parser().parse_args(["auto", "x", "-o", "y", "--model", "samkit_tiny"]))
+    assert options["pred_iou_thresh"] == card["pred_iou_thresh"] != GENERATOR_OPTIONS["pred_iou_thresh"][1]
+    assert options["stability_score_thresh"] == card["stability_score_thresh"]
+    assert options["points_per_side"] == GENERATOR_OPTIONS["points_per_side"][1]
+    given = build_parser().parse_args(["auto", "x", "-o", "y", "--model", "samkit_tiny", "--pred-iou-thresh", "0.9"])
+    assert _generator_options(given)["pred_iou_thresh"] == 0.9
+    other = _generator_options(build_parser().parse_args(["auto", "x", "-o", "y", "--model", str(tiny_checkpoint)]))
+    assert other == {name: default for name, (_, default, _) in GENERATOR_OPTIONS.items()}
+    assert weights.grid_filters("sam_vit_b") == {} and weights.grid_filters(None) == {}
 
 
 def test_auto_folder_writes_labels_json_and_pngs(tiny_checkpoint, folder, tmp_path):

@@ -135,3 +135,35 @@ def test_segment_widget_with_samkit_tiny_commits_the_clicked_nucleus(make_napari
     assert label == 1 and set(np.unique(objects)) == {0, 1}
     assert mask_iou(objects == label, truth == truth[y, x]) >= CLICK_IOU
     assert viewer.layers["samkit nuclei: truth"].data is truth
+
+
+def test_grid_widget_takes_the_quality_filters_of_samkit_tiny_s_card(make_napari_viewer, qtbot, card):
+    from samkit.automatic import GENERATOR_OPTIONS
+    from samkit.plugin._grid_widget import GridWidget
+    from samkit.plugin._sample_data import nuclei_sample
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in nuclei_sample():
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = GridWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.params["pred_iou_thresh"] == GENERATOR_OPTIONS["pred_iou_thresh"][1]
+    widget.segmenter.set_model(NAME, device="cpu", progress=False)
+    widget.fields["points_per_side"].setValue(8)
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
+        widget.run()
+    recommended = card["evaluation"]["grid_parameters"]
+    assert widget.params["pred_iou_thresh"] == pytest.approx(recommended["pred_iou_thresh"])
+    assert widget.params["stability_score_thresh"] == pytest.approx(recommended["stability_score_thresh"])
+    assert widget.status.text().startswith("Found")
+    # A widget opened once the model is loaded starts from the card, and says so.
+    second = GridWidget(viewer)
+    qtbot.addWidget(second)
+    assert second.params["stability_score_thresh"] == pytest.approx(recommended["stability_score_thresh"])
+    assert "model card" in second.status.text()
+    # A value the user set stays, also when the model changes.
+    widget.fields["pred_iou_thresh"].setValue(0.5)
+    widget.segmenter.model_name = "another model"
+    widget.follow_model()
+    assert widget.params["pred_iou_thresh"] == pytest.approx(0.5)
+    assert widget.params["stability_score_thresh"] == pytest.approx(GENERATOR_OPTIONS["stability_score_thresh"][1])

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,21 @@ def _models(args: argparse.Namespace) -> None:
     print(f"cache: {weights.cache_dir() / 'models'} (set SAMKIT_CACHE to move it)")
 
 
+def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Grid mode's parameters: as given, else the model card's quality filters (samkit_tiny), else SAM's defaults."""
+    recommended = weights.grid_filters(args.model)
+    return {
+        name: value if (value := getattr(args, name)) is not None else recommended.get(name, default)
+        for name, (_, default, _) in GENERATOR_OPTIONS.items()
+    }
+
+
+def _default_text(name: str, default: float) -> str:
+    if name in weights.GRID_FILTERS:
+        return f"default {default:g}, or the model card's for a model that ships with samkit"
+    return f"default {default:g}"
+
+
 def _auto(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -117,7 +133,7 @@ def _auto(args: argparse.Namespace) -> None:
 
     generator = AutomaticMaskGenerator(
         load_model(args.model, device=args.device),
-        **{name: getattr(args, name) for name in GENERATOR_OPTIONS},
+        **_generator_options(args),
         output_mode="coco_rle",
         precision=args.precision,
         progress=progress,
@@ -169,8 +185,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.automatic:
         from .automatic import AutomaticMaskGenerator
 
-        generator = AutomaticMaskGenerator(predictor.model, **{name: getattr(args, name) for name in GENERATOR_OPTIONS},
-                                           precision=args.precision)
+        generator = AutomaticMaskGenerator(predictor.model, **_generator_options(args), precision=args.precision)
         metrics = evaluate_automatic(
             generator, images, labels,
             progress=lambda done, total: print(f"[{done}/{total}] {pairs[done - 1][0].name}: grid mode done"),
@@ -290,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--format", choices=("sa1b", "coco"), default="sa1b", help="JSON format (default sa1b)")
     auto.add_argument("--png", action="store_true", help="also write one PNG per mask and metadata.csv")
     for name, (kind, default, text) in GENERATOR_OPTIONS.items():
-        auto.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=f"{text} (default {default:g})")
+        auto.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({_default_text(name, default)})")
     auto.set_defaults(run=_auto)
 
     evaluate = commands.add_parser("evaluate", parents=[model_options],
@@ -305,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also run grid mode and report instance metrics (precision, recall, F1, AP)")
     evaluate.add_argument("-o", "--output", help="CSV file of per-object IoUs to write")
     for name, (kind, default, text) in GENERATOR_OPTIONS.items():
-        evaluate.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
-                              help=f"with --automatic: {text} (default {default:g})")
+        evaluate.add_argument(f"--{name.replace('_', '-')}", type=kind,
+                              help=f"with --automatic: {text} ({_default_text(name, default)})")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser("export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV)")

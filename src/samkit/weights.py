@@ -108,6 +108,19 @@ def default_model() -> tuple[str, str]:
     return "sam_vit_b", "No model named: using sam_vit_b (downloaded on first use)."
 
 
+GRID_FILTERS = ("pred_iou_thresh", "stability_score_thresh")
+
+
+def grid_filters(name: str | None) -> dict[str, float]:
+    """Grid mode's quality filters that a bundled model's card recommends (empty for any other model)."""
+    found = REGISTRY.get(str(name))
+    if found is None or not found.bundled:
+        return {}
+    card = json.loads((BUNDLED / found.filename).with_suffix(".json").read_text())
+    params = card.get("evaluation", {}).get("grid_parameters", {})
+    return {key: float(params[key]) for key in GRID_FILTERS if key in params}
+
+
 def cache_dir() -> Path:
     """The folder samkit keeps downloads and embeddings in (``SAMKIT_CACHE`` overrides it)."""
     if os.environ.get(CACHE_ENV):

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from ..automatic import GENERATOR_OPTIONS
 from ..errors import SamkitError
+from ..weights import GRID_FILTERS, grid_filters
 from . import _layers
 from ._base_widget import JobWidget
 from ._controls import button
@@ -82,6 +83,29 @@ class GridWidget(JobWidget):
         layout.addLayout(move_row)
         layout.addStretch(1)
         self.bind_keys({"G": self.run, "Escape": self.cancel, "M": self.move_selected, "Shift-M": self.move_all})
+        self._filters_model: str | None = None
+        self._filters_set = {key: self.fields[key].value() for key in GRID_FILTERS}
+        self.follow_model()
+        self.picker.loaded.connect(lambda _name: self.follow_model())
+
+    def follow_model(self) -> None:
+        """When the model has changed, set the quality filters to what its card recommends (else SAM's).
+
+        A filter the user has changed since samkit last set it keeps the user's value.
+        """
+        name = self.segmenter.model_name if self.segmenter.model is not None else None
+        if name == self._filters_model:
+            return
+        self._filters_model = name
+        recommended = grid_filters(name)
+        for key in GRID_FILTERS:
+            field = self.fields[key]
+            if field.value() == self._filters_set[key]:
+                field.setValue(recommended.get(key, GENERATOR_OPTIONS[key][1]))
+                self._filters_set[key] = field.value()
+        if recommended:
+            values = ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in recommended.items())
+            self.status.setText(f"Quality filters from {name}'s model card (unless you set them): {values}.")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -92,6 +116,7 @@ class GridWidget(JobWidget):
         """Run grid mode in a worker (loading the chosen model first when none is loaded)."""
         if not self.ready(self.run, "Grid mode"):
             return
+        self.follow_model()
         try:
             request = self.segmenter.grid_request()
         except SamkitError as error:
