@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage
 
 import samkit
-from samkit import synthetic
+from samkit import synthetic, weights
 from samkit.automatic import AutomaticMaskGenerator, masks_to_labels
 from samkit.evaluate import evaluate_automatic, evaluate_instances, evaluate_interactive
 from samkit.model import DecoderConfig, SamConfig, ViTConfig, build_sam
@@ -52,7 +52,6 @@ CONFIG = SamConfig(
               window_size=8, global_attn_indexes=(2, 5)),
     DecoderConfig(embed_dim=128, mask_in_chans=16, depth=2, num_heads=8, mlp_dim=512, iou_head_hidden_dim=128),
 )
-
 
 
 def stage_data(first_seed: int) -> tuple[tuple[str, int, tuple[int, int], int], ...]:
@@ -97,7 +96,7 @@ STAGES = (
 )
 
 # Grid mode for this model: 32 x 32 points. Its predicted IoU and stability run lower than SAM's,
-# so its quality filters (predicted IoU, stability) are chosen among GRID_FILTERS by F1 at IoU 0.5
+# so its quality filters (predicted IoU, stability) are chosen among GRID_FILTER_TRIALS by F1 at IoU 0.5
 # on validation images (a seed of their own), before the held-out evaluation.
 GRID = {
     "points_per_side": 32,
@@ -105,8 +104,8 @@ GRID = {
     "box_nms_thresh": 0.7,
     "min_mask_region_area": 20,
 }
-GRID_FILTERS = ((0.8, 0.9), (0.7, 0.9), (0.7, 0.85), (0.6, 0.85), (0.7, 0.8), (0.6, 0.8), (0.5, 0.8),
-                (0.6, 0.75), (0.6, 0.7), (0.5, 0.7))
+GRID_FILTER_TRIALS = ((0.8, 0.9), (0.7, 0.9), (0.7, 0.85), (0.6, 0.85), (0.7, 0.8), (0.6, 0.8), (0.5, 0.8),
+                      (0.6, 0.75), (0.6, 0.7), (0.5, 0.7))
 GRID_VALIDATION = ("nuclei", 5, (256, 256), 201)
 
 
@@ -147,8 +146,8 @@ def calibrate_grid(model: samkit.model.Sam) -> dict[str, Any]:
     """Grid mode's quality filters with the best F1 on the validation images, and every trial."""
     pairs = make_data(GRID_VALIDATION)
     trials = []
-    for iou, stability in GRID_FILTERS:
-        filters = {"pred_iou_thresh": iou, "stability_score_thresh": stability}
+    for trial in GRID_FILTER_TRIALS:
+        filters = dict(zip(weights.GRID_FILTERS, trial, strict=True))
         metrics = evaluate_automatic(generator(model, filters), [p[0] for p in pairs], [p[1] for p in pairs])
         trials.append({**filters, **rounded(metrics)})
         print("grid filters", json.dumps(trials[-1]), flush=True)
@@ -156,7 +155,7 @@ def calibrate_grid(model: samkit.model.Sam) -> dict[str, Any]:
     return {
         "data": describe(GRID_VALIDATION),
         "chosen_by": "F1 at IoU 0.5",
-        "filters": {k: best[k] for k in ("pred_iou_thresh", "stability_score_thresh")},
+        "filters": {key: best[key] for key in weights.GRID_FILTERS},
         "trials": trials,
     }
 

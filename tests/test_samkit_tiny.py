@@ -141,6 +141,7 @@ def test_grid_widget_takes_the_quality_filters_of_samkit_tiny_s_card(make_napari
     from samkit.automatic import GENERATOR_OPTIONS
     from samkit.plugin._grid_widget import GridWidget
     from samkit.plugin._sample_data import nuclei_sample
+    from samkit.plugin._segment_widget import SegmentWidget
 
     viewer = make_napari_viewer()
     for data, kwargs, kind in nuclei_sample():
@@ -148,11 +149,24 @@ def test_grid_widget_takes_the_quality_filters_of_samkit_tiny_s_card(make_napari
     widget = GridWidget(viewer)
     qtbot.addWidget(widget)
     assert widget.params["pred_iou_thresh"] == GENERATOR_OPTIONS["pred_iou_thresh"][1]
+    recommended = card["evaluation"]["grid_parameters"]
+    # Loaded from the Segment widget's picker: the Grid widget follows at once.
+    segment = SegmentWidget(viewer)
+    qtbot.addWidget(segment)
+    segment.picker.models.setCurrentIndex(segment.picker.models.findData(NAME))
+    segment.picker.device.setCurrentText("cpu")
+    with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
+        segment.picker.load()
+    assert widget.params["pred_iou_thresh"] == pytest.approx(recommended["pred_iou_thresh"])
+    assert "model card" in widget.status.text()
+    # Set from Python: the Grid widget follows when it runs.
+    widget.segmenter.model_name = "another model"
+    widget.follow_model()
+    assert widget.params["pred_iou_thresh"] == GENERATOR_OPTIONS["pred_iou_thresh"][1]
     widget.segmenter.set_model(NAME, device="cpu", progress=False)
     widget.fields["points_per_side"].setValue(8)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
         widget.run()
-    recommended = card["evaluation"]["grid_parameters"]
     assert widget.params["pred_iou_thresh"] == pytest.approx(recommended["pred_iou_thresh"])
     assert widget.params["stability_score_thresh"] == pytest.approx(recommended["stability_score_thresh"])
     assert widget.status.text().startswith("Found")

@@ -51,6 +51,7 @@ def _label(name: str) -> str:
 class ModelPicker(QWidget):
     """Model and device pickers with a Load button; loading runs in a worker with progress."""
 
+    # Emitted by every picker of the segmenter when one of them has loaded a model (its name).
     loaded = Signal(str)
 
     def __init__(self, segmenter: Segmenter, on_progress: Callable[[int, int], None] | None = None) -> None:
@@ -132,13 +133,13 @@ class ModelPicker(QWidget):
     def _loaded(self, model: Any, choice: str) -> None:
         name = choice if choice in weights.REGISTRY else Path(choice).name
         self.segmenter.use_model(model, name)
-        for picker in list(_PICKERS):
-            if picker.segmenter is self.segmenter:
-                picker.status.setText(f"Model: {name} on {model.device}")
         show_info(f"samkit: loaded {name} on {model.device}.")
         if choice in weights.REGISTRY:
             self.models.setItemText(self.models.currentIndex(), _label(choice))
-        self.loaded.emit(name)
+        for picker in list(_PICKERS):
+            if picker.segmenter is self.segmenter:
+                picker.status.setText(f"Model: {name} on {model.device}")
+                picker.loaded.emit(name)
         then, self._then = self._then, []
         for action in then:
             action()
