@@ -106,7 +106,7 @@ def widget_latency_ms(
     model = our_model("vit_b", state)
     widget.segmenter.use_model(model, "vit_b (random weights)")
     request = widget.segmenter.embed_request()
-    predictor = Predictor(model)
+    predictor = Predictor(model, graph=True)
     predictor.set_image_embedding(embedding, (SIZE, SIZE))
     widget.segmenter.install_embedding(request, predictor)
     points_layer, _ = widget.segmenter.prompt_layers()

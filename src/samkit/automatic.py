@@ -87,9 +87,23 @@ def stability_score(logits: torch.Tensor, mask_threshold: float, offset: float) 
     The first mask lies inside the second, so this is a ratio of pixel counts, summed in int64
     (no overflow at any image size). NaN where the second mask is empty.
     """
-    inner = (logits > mask_threshold + offset).sum(dim=(-2, -1))
-    outer = (logits > mask_threshold - offset).sum(dim=(-2, -1))
+    inner = count_above(logits, mask_threshold + offset)
+    outer = count_above(logits, mask_threshold - offset)
     return inner / outer
+
+
+def count_above(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Pixels above ``threshold`` in each (H, W) plane of ``logits`` (..., H, W), int64 (...).
+
+    On the CPU, NumPy counts one plane at a time about five times faster than PyTorch sums a
+    boolean tensor.
+    """
+    if logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return (logits > threshold).sum(dim=(-2, -1))
+    *batch, height, width = logits.shape
+    planes = logits.detach().reshape(math.prod(batch), height * width).numpy()
+    counts = [np.count_nonzero(plane > threshold) for plane in planes]
+    return torch.tensor(counts, dtype=torch.int64).reshape(batch)
 
 
 def _first_hit(hits: torch.Tensor) -> torch.Tensor:

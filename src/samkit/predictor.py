@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .cache import CachedEmbedding, EmbeddingCache
+from .decoder_graph import decode
 from .device import resolve_precision
 from .errors import ImageError, NoImageError, PromptError
 from .model import ImageContext, Sam
@@ -50,10 +51,16 @@ class Predictor:
     float32. Prompt encoding and mask decoding always run in float32.
     ``cache`` (an ``EmbeddingCache``, or True for the default one in the
     user cache folder) keeps embeddings on disk for ``set_image``.
+    ``graph=True`` runs the prompt encoder and mask decoder as one traced
+    graph per prompt layout (``samkit.decoder_graph``), which a busy GUI
+    thread cannot slow down: for live predictions in a viewer.
     """
 
-    def __init__(self, model: Sam, precision: str = "auto", cache: EmbeddingCache | bool | None = None) -> None:
+    def __init__(
+        self, model: Sam, precision: str = "auto", cache: EmbeddingCache | bool | None = None, graph: bool = False
+    ) -> None:
         self.model = model.eval()
+        self.graph = graph
         self.encoder_dtype = resolve_precision(precision, self.device)
         self.cache = EmbeddingCache() if cache is True else (cache or None)
         self.reset_image()
@@ -414,6 +421,10 @@ class Predictor:
         points = None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
         boxes = None if boxes is None else boxes.to(self.device)
         mask_input = None if mask_input is None else mask_input.to(self.device, torch.float32)
+        if self.graph:
+            found = decode(model, self.features, self._dense_pe, self._context, points, boxes, mask_input, multimask_output)
+            if found is not None:
+                return found
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
         context = self._context if mask_input is None else None
         return model.mask_decoder(

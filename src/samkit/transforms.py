@@ -6,6 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+# Elements of the rows :meth:`MaskUpsampler._taps` gathers at a time (4 MB of float32).
+_BAND_ELEMENTS = 1 << 20
+
 
 def input_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     """Size of an image resized so its longest side is ``long_side`` (SAM's rounding)."""
@@ -103,8 +106,18 @@ class MaskUpsampler:
 
     @staticmethod
     def _taps(x: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Resample axis -2 of ``x``: output row i mixes rows ``index[i]`` with ``weight[i]``."""
-        out = x.index_select(-2, index[:, 0]) * weight[:, :1]
-        for k in range(1, index.shape[1]):
-            out.addcmul_(x.index_select(-2, index[:, k]), weight[:, k : k + 1])
+        """Resample axis -2 of ``x``: output row i mixes rows ``index[i]`` with ``weight[i]``.
+
+        The output is written in bands of rows, so the gathered rows are a few MB at most: a
+        temporary the size of a full-size output costs more in fresh memory pages than in
+        arithmetic.
+        """
+        out = x.new_empty(*x.shape[:-2], len(index), x.shape[-1])
+        band = max(1, _BAND_ELEMENTS // max(1, out[..., :1, :].numel()))
+        for start in range(0, len(index), band):
+            rows = slice(start, start + band)
+            target = out[..., rows, :]
+            torch.mul(x.index_select(-2, index[rows, 0]), weight[rows, :1], out=target)
+            for k in range(1, index.shape[1]):
+                target.addcmul_(x.index_select(-2, index[rows, k]), weight[rows, k : k + 1])
         return out

@@ -34,8 +34,8 @@ def affine(
     On a CPU, float32 matrix products through PyTorch's default BLAS can run
     at half the speed oneDNN reaches (AVX-512 on any x86 vendor), so large
     inference products go through oneDNN, with the activation fused (in
-    bfloat16 under bfloat16 autocast). Autograd and other devices take the
-    ordinary path.
+    bfloat16 under bfloat16 autocast). Autograd, other devices and tracing
+    (``samkit.decoder_graph``) take the ordinary path.
     """
     autocast = torch.is_autocast_enabled("cpu")
     dtype = torch.get_autocast_dtype("cpu") if autocast else x.dtype
@@ -47,6 +47,7 @@ def affine(
         and x.dtype in (torch.float32, dtype)
         and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.jit.is_tracing()
     ):
         if dtype == torch.bfloat16:
             x, weight = x.to(dtype), weight.to(dtype)

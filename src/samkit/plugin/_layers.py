@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,11 +111,15 @@ def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
     return None
 
 
-def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) -> Labels:
+def labels_layer(
+    viewer: Any, image: Any, name: str, dtype: Any, colormap: Callable[[], Any] | None = None, **kwargs: Any
+) -> Labels:
     """A labels layer ``name`` with the image's spatial shape and transform, created or reused.
 
     An existing layer of that name with another shape is left alone: the new one gets the image's
-    name appended, so no user's labels are replaced.
+    name appended, so no user's labels are replaced. ``colormap`` makes a new layer's colormap
+    (only called when the layer is created: live predictions look their layers up many times a
+    second).
     """
     layer = existing_labels(viewer, image, name)
     if layer is not None:
@@ -122,6 +127,8 @@ def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) 
         return layer
     if find(viewer, name, Labels) is not None:
         name = f"{name} ({image.name})"
+    if colormap is not None:
+        kwargs["colormap"] = colormap()
     layer = Labels(np.zeros(spatial_shape(image), dtype=dtype), name=name, **same_transform(image), **kwargs)
     active = viewer.layers.selection.active
     viewer.add_layer(layer)
@@ -133,7 +140,7 @@ def labels_layer(viewer: Any, image: Any, name: str, dtype: Any, **kwargs: Any) 
 def candidates_layer(viewer: Any, image: Any) -> Labels:
     """``samkit: candidates``: the outline of candidate ``i`` is label ``i + 1``."""
     return labels_layer(
-        viewer, image, CANDIDATES, np.uint8, colormap=DirectLabelColormap(color_dict=CANDIDATE_COLORS), opacity=1.0
+        viewer, image, CANDIDATES, np.uint8, lambda: DirectLabelColormap(color_dict=CANDIDATE_COLORS), opacity=1.0
     )
 
 
@@ -144,7 +151,7 @@ def current_layer(viewer: Any, image: Any) -> Labels:
         image,
         CURRENT,
         np.uint8,
-        colormap=DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "#ffd700"}),
+        lambda: DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "#ffd700"}),
         opacity=0.45,
     )
 

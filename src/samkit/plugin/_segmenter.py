@@ -224,8 +224,10 @@ class Segmenter:
 
     def compute_embedding(self, request: EmbedRequest, progress: Progress | None = None) -> Predictor:
         """The embedding of ``request`` in a new predictor (any thread; touches no layer)."""
-        predictor = Predictor(self._require_model(), precision=self.precision, cache=self.cache)
+        predictor = Predictor(self._require_model(), precision=self.precision, cache=self.cache, graph=True)
         predictor.set_image(request.pixels, contrast_limits=request.contrast_limits, progress=progress)
+        # A click's graph is traced here, with the embedding, rather than at the first click.
+        predictor.predict_low_res(torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int64))
         return predictor
 
     def install_embedding(self, request: EmbedRequest, predictor: Predictor) -> bool:
