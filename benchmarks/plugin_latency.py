@@ -14,7 +14,9 @@ the official ``SamPredictor.predict`` for the same prompt on the same weights, w
 the model's part of the work. Random weights give masks that cover much of the image, so it
 also times, on its own, what comes after the decoder for an object of nucleus size (a disc of
 radius 40 px): full-size upsampling of the three masks against ``MaskUpsampler.window``, each
-followed by the thresholds of the mask and its stability score. Writes
+followed by the thresholds of the mask and its stability score. And it shows why the widget
+runs the decoder as a traced graph: ``predict_window`` alone and beside a thread that runs Python
+in bursts, as napari's GUI thread does while it draws, op by op and as a graph. Writes
 benchmarks/results/plugin_latency.json.
 """
 
@@ -25,6 +27,7 @@ import json
 import os
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +56,42 @@ def official_predict_ms(state: dict[str, torch.Tensor], embedding: torch.Tensor,
         predictor.predict(np.array([[x, y]]), np.array([1]), multimask_output=True)
         times.append((time.perf_counter() - start) * 1000)
     return times
+
+
+def beside_busy_python_ms(
+    state: dict[str, torch.Tensor], embedding: torch.Tensor, points: np.ndarray, graph: bool
+) -> tuple[float, float]:
+    """Median ms of ``Predictor.predict_window`` alone, then beside a thread that runs Python in
+    bursts (8 ms on, 8 ms off) as a GUI thread does; ``graph`` as the widget sets it or not."""
+    from samkit.predictor import Predictor
+
+    predictor = Predictor(our_model("vit_b", state), graph=graph)
+    predictor.set_image_embedding(embedding, (SIZE, SIZE))
+    stop = threading.Event()
+
+    def bursts() -> None:
+        while not stop.is_set():
+            end = time.perf_counter() + 0.008
+            while time.perf_counter() < end:
+                pass
+            time.sleep(0.008)
+
+    medians = []
+    for busy in (False, True):
+        stop.clear()
+        thread = threading.Thread(target=bursts, daemon=True)
+        if busy:
+            thread.start()
+        times = []
+        for x, y in points:
+            start = time.perf_counter()
+            predictor.predict_window(np.array([[x, y]]), np.array([1]), multimask_output=True)
+            times.append((time.perf_counter() - start) * 1000)
+        stop.set()
+        if busy:
+            thread.join()
+        medians.append(statistics.median(times[3:]))
+    return medians[0], medians[1]
 
 
 def postprocess_ms(repeats: int = 30) -> tuple[float, float]:
@@ -163,6 +202,8 @@ def main() -> None:
     hidden = widget_latency_ms(state, embedding, points, show=False)[0][3:]
     official = official_predict_ms(state, embedding, points)[3:]
     full_ms, window_ms = postprocess_ms()
+    op_by_op = beside_busy_python_ms(state, embedding, points[:23], graph=False)
+    graph = beside_busy_python_ms(state, embedding, points[:23], graph=True)
     result = {
         "edits": args.edits,
         "widget_median_ms": statistics.median(shown),
@@ -171,6 +212,10 @@ def main() -> None:
         "widget_hidden_median_ms": statistics.median(hidden),
         "official_predict_median_ms": statistics.median(official),
         "budget_ms": BUDGET_MS,
+        "predict_op_by_op_ms": op_by_op[0],
+        "predict_op_by_op_beside_busy_python_ms": op_by_op[1],
+        "predict_graph_ms": graph[0],
+        "predict_graph_beside_busy_python_ms": graph[1],
         "nucleus_postprocess_full_ms": full_ms,
         "nucleus_postprocess_window_ms": window_ms,
     }
@@ -184,6 +229,8 @@ def main() -> None:
           f"{result['widget_hidden_median_ms']:.1f} ms")
     print(f"official SamPredictor.predict alone, same prompt: median {result['official_predict_median_ms']:.1f} ms "
           f"(widget / official {result['ratio_to_official_predict']:.2f})")
+    print(f"predict_window alone / beside a thread running Python in bursts: op by op {op_by_op[0]:.1f} / "
+          f"{op_by_op[1]:.1f} ms; as a traced graph (the widget's way) {graph[0]:.1f} / {graph[1]:.1f} ms")
     print(f"after the decoder, a nucleus-sized object: full upsampling {full_ms:.1f} ms, window {window_ms:.1f} ms "
           f"(ratio {window_ms / full_ms:.2f})")
     RESULTS.mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import numpy as np
 from napari.layers import Image, Points, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
@@ -422,7 +423,7 @@ class SegmentWidget(JobWidget):
                 row.setText(f"{i + 1}: -")
                 row.setEnabled(False)
                 continue
-            area = int(candidates.masks[i].sum())
+            area = np.count_nonzero(candidates.masks[i])
             row.setText(
                 f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"
             )
