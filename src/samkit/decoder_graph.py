@@ -7,7 +7,7 @@ napari's window. A traced graph runs all its operations in C++ without taking th
 
 One graph is traced per prompt layout (which prompts are given, and the shapes of every tensor)
 on its first use, in about 0.3 s, and kept as long as the model. Where tracing fails (PyTorch has
-deprecated ``torch.jit.trace``), predictions run op by op, after one warning.
+deprecated ``torch.jit.trace``), predictions run op by op, after a warning.
 """
 
 from __future__ import annotations
