@@ -135,7 +135,6 @@ def widget_latency_ms(
     from qtpy.QtCore import QEventLoop, QTimer
 
     from samkit.plugin._segment_widget import SegmentWidget
-    from samkit.predictor import Predictor
 
     viewer = napari.Viewer(show=show)
     rng = np.random.default_rng(0)
@@ -145,8 +144,9 @@ def widget_latency_ms(
     model = our_model("vit_b", state)
     widget.segmenter.use_model(model, "vit_b (random weights)")
     request = widget.segmenter.embed_request()
-    predictor = Predictor(model, graph=True)
+    predictor = widget.segmenter.live_predictor()
     predictor.set_image_embedding(embedding, (SIZE, SIZE))
+    predictor.prepare_graph(np.zeros((1, 2)), np.ones(1))
     widget.segmenter.install_embedding(request, predictor)
     points_layer, _ = widget.segmenter.prompt_layers()
 

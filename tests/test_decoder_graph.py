@@ -96,3 +96,21 @@ def test_without_tracing_predictions_run_op_by_op_after_a_warning(predictors, mo
     expected = op_by_op.predict(**PROMPTS["box"], return_logits=True)
     np.testing.assert_allclose(found[0], expected[0], rtol=1e-4, atol=1e-4)
     assert decoder_graph._GRAPHS[model] == {next(iter(decoder_graph._GRAPHS[model])): None}
+
+
+def test_prepare_graph_traces_the_layout_of_the_prompt_once_and_runs_nothing_else(monkeypatch):
+    model = _model()
+    traced = []
+    trace = decoder_graph._trace
+    monkeypatch.setattr(decoder_graph, "_trace", lambda module, inputs: traced.append(1) or trace(module, inputs))
+    plain = Predictor(model, cache=False)
+    plain.set_image(IMAGE)
+    plain.prepare_graph(**PROMPTS["one click"])
+    assert not traced and model not in decoder_graph._GRAPHS
+    predictor = Predictor(model, cache=False, graph=True)
+    predictor.set_image(IMAGE)
+    predictor.prepare_graph(np.zeros((1, 2)), np.ones(1))
+    predictor.prepare_graph(np.zeros((1, 2)), np.ones(1))
+    assert len(traced) == 1
+    predictor.predict(**PROMPTS["one click"])
+    assert len(traced) == 1 and len(decoder_graph._GRAPHS[model]) == 1

@@ -189,6 +189,18 @@ def test_direct_upsampler_of_an_image_the_size_of_the_input_uses_two_taps_per_ax
     assert_close(upsample(low).numpy(), expected.numpy(), "direct upsampling, identity second resize")
 
 
+def test_direct_upsampler_in_bands_of_a_few_rows_gives_the_same_logits(monkeypatch):
+    from samkit import transforms
+
+    low = torch.randn(3, 64, 64) * 4
+    upsample = transforms.MaskUpsampler(64, 256, (192, 256), (150, 200), torch.device("cpu"))
+    whole = upsample(low)
+    monkeypatch.setattr(transforms, "_BAND_ELEMENTS", 7 * 3 * 200)
+    np.testing.assert_array_equal(upsample(low).numpy(), whole.numpy())
+    rows, cols, window = upsample.window(low, -1.0)
+    np.testing.assert_array_equal(window.numpy(), whole[:, rows, cols].numpy())
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_predict_window_gives_the_masks_of_predict_at_every_cut(pair, case):
     ours, _ = pair

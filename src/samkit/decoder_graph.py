@@ -48,7 +48,7 @@ class _Decode(nn.Module):
         )
 
 
-def decode(
+def graph_for(
     model: Sam,
     features: torch.Tensor,
     dense_pe: torch.Tensor,
@@ -57,9 +57,9 @@ def decode(
     boxes: torch.Tensor | None,
     mask_input: torch.Tensor | None,
     multimask_output: bool,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Low-res mask logits and IoU predictions of ``model`` for one batch of prompts, from its graph
-    for their layout (traced now if new); ``None`` where the graph could not be traced.
+) -> tuple[torch.jit.ScriptModule | None, list[torch.Tensor]]:
+    """The graph of ``model`` for this batch of prompts' layout (traced now if new; ``None`` where
+    it could not be traced) and the tensors to call it with.
 
     ``context`` is the image's :class:`ImageContext`; it is used when there is no mask prompt.
     """
@@ -77,7 +77,22 @@ def decode(
     graphs = _GRAPHS.setdefault(model, {})
     if layout not in graphs:
         graphs[layout] = _trace(_Decode(model, present, multimask_output), inputs)
-    graph = graphs[layout]
+    return graphs[layout], inputs
+
+
+def decode(
+    model: Sam,
+    features: torch.Tensor,
+    dense_pe: torch.Tensor,
+    context: ImageContext,
+    points: tuple[torch.Tensor, torch.Tensor] | None,
+    boxes: torch.Tensor | None,
+    mask_input: torch.Tensor | None,
+    multimask_output: bool,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Low-res mask logits and IoU predictions of ``model`` for one batch of prompts, from the graph
+    of their layout (see :func:`graph_for`); ``None`` where the graph could not be traced."""
+    graph, inputs = graph_for(model, features, dense_pe, context, points, boxes, mask_input, multimask_output)
     return None if graph is None else graph(*inputs)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .cache import CachedEmbedding, EmbeddingCache
-from .decoder_graph import decode
+from .decoder_graph import decode, graph_for
 from .device import resolve_precision
 from .errors import ImageError, NoImageError, PromptError
 from .model import ImageContext, Sam
@@ -418,9 +418,7 @@ class Predictor:
                 f"{len(point_coords)} point sets but {len(boxes)} boxes: give one box per point set, or no boxes."
             )
         model = self.model
-        points = None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
-        boxes = None if boxes is None else boxes.to(self.device)
-        mask_input = None if mask_input is None else mask_input.to(self.device, torch.float32)
+        points, boxes, mask_input = self._decoder_prompts(point_coords, point_labels, boxes, mask_input)
         if self.graph:
             found = decode(model, self.features, self._dense_pe, self._context, points, boxes, mask_input, multimask_output)
             if found is not None:
@@ -430,6 +428,35 @@ class Predictor:
         return model.mask_decoder(
             self.features, self._dense_pe, sparse, dense, multimask_output=multimask_output, context=context
         )
+
+    def _decoder_prompts(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None]:
+        """Prompts in the model's input frame as the prompt encoder takes them, on the model's device."""
+        points = None if point_coords is None else (point_coords.to(self.device), point_labels.to(self.device))
+        boxes = None if boxes is None else boxes.to(self.device)
+        mask_input = None if mask_input is None else mask_input.to(self.device, torch.float32)
+        return points, boxes, mask_input
+
+    @torch.inference_mode()
+    def prepare_graph(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+    ) -> None:
+        """With ``graph=True``: trace the graph of this prompt's layout now if it is new (prompts as
+        for :meth:`predict`), e.g. in a worker before the first click; otherwise nothing."""
+        if not self.graph:
+            return
+        prompts = self._decoder_prompts(*self._prompt_tensors(point_coords, point_labels, box, mask_input))
+        graph_for(self.model, self.features, self._dense_pe, self._context, *prompts, multimask_output)
 
     @torch.inference_mode()
     def upsample_logits(self, low_res: torch.Tensor) -> torch.Tensor:

@@ -222,12 +222,16 @@ class Segmenter:
         except SamkitError:
             return True
 
+    def live_predictor(self) -> Predictor:
+        """A new predictor of the model for live predictions (decoder as traced graphs)."""
+        return Predictor(self._require_model(), precision=self.precision, cache=self.cache, graph=True)
+
     def compute_embedding(self, request: EmbedRequest, progress: Progress | None = None) -> Predictor:
         """The embedding of ``request`` in a new predictor (any thread; touches no layer)."""
-        predictor = Predictor(self._require_model(), precision=self.precision, cache=self.cache, graph=True)
+        predictor = self.live_predictor()
         predictor.set_image(request.pixels, contrast_limits=request.contrast_limits, progress=progress)
-        # A click's graph is traced here, with the embedding, rather than at the first click.
-        predictor.predict_low_res(torch.zeros(1, 1, 2), torch.ones(1, 1, dtype=torch.int64))
+        # A click's graph is traced here, with the embedding (once per model), not at the first click.
+        predictor.prepare_graph(np.zeros((1, 2)), np.ones(1))
         return predictor
 
     def install_embedding(self, request: EmbedRequest, predictor: Predictor) -> bool:
