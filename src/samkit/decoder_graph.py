@@ -80,22 +80,6 @@ def graph_for(
     return graphs[layout], inputs
 
 
-def decode(
-    model: Sam,
-    features: torch.Tensor,
-    dense_pe: torch.Tensor,
-    context: ImageContext,
-    points: tuple[torch.Tensor, torch.Tensor] | None,
-    boxes: torch.Tensor | None,
-    mask_input: torch.Tensor | None,
-    multimask_output: bool,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Low-res mask logits and IoU predictions of ``model`` for one batch of prompts, from the graph
-    of their layout (see :func:`graph_for`); ``None`` where the graph could not be traced."""
-    graph, inputs = graph_for(model, features, dense_pe, context, points, boxes, mask_input, multimask_output)
-    return None if graph is None else graph(*inputs)
-
-
 def _trace(module: nn.Module, inputs: list[torch.Tensor]) -> torch.jit.ScriptModule | None:
     try:
         with warnings.catch_warnings():

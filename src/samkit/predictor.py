@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .cache import CachedEmbedding, EmbeddingCache
-from .decoder_graph import decode, graph_for
+from .decoder_graph import graph_for
 from .device import resolve_precision
 from .errors import ImageError, NoImageError, PromptError
 from .model import ImageContext, Sam
@@ -420,9 +420,11 @@ class Predictor:
         model = self.model
         points, boxes, mask_input = self._decoder_prompts(point_coords, point_labels, boxes, mask_input)
         if self.graph:
-            found = decode(model, self.features, self._dense_pe, self._context, points, boxes, mask_input, multimask_output)
-            if found is not None:
-                return found
+            graph, inputs = graph_for(
+                model, self.features, self._dense_pe, self._context, points, boxes, mask_input, multimask_output
+            )
+            if graph is not None:
+                return graph(*inputs)
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
         context = self._context if mask_input is None else None
         return model.mask_decoder(
