@@ -192,7 +192,7 @@ class SegmentWidget(JobWidget):
         if isinstance(layer, Image):
             layer.events.contrast_limits.connect(self._contrast_changed)
         elif isinstance(layer, (Points, Shapes)) and layer.name in (_layers.POINTS, _layers.BOXES):
-            layer.events.data.connect(self._prompts_changed)
+            layer.events.data.connect(self._prompts_changed, position="first")
             if isinstance(layer, Points):
                 layer.events.data.connect(lambda event, points=layer: _layers.color_points(points))
         else:
