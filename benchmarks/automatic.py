@@ -72,12 +72,14 @@ def main() -> None:
     state = random_sam_state("vit_b", seed=3)
     image = blobs(512)
     report = {}
-    everything = dict(points_per_side=16, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
-    for setting, params in (("defaults, 32x32", dict(points_per_side=32)), ("everything kept, 16x16", everything)):
+    everything = {"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
+    for setting, params in (("defaults, 32x32", {"points_per_side": 32}), ("everything kept, 16x16", everything)):
         runs = [
-            ("official", lambda: SamAutomaticMaskGenerator(official_model(state), **params)),
-            ("samkit fp32", lambda: AutomaticMaskGenerator(our_model("vit_b", state), precision="fp32", **params)),
-            ("samkit auto", lambda: AutomaticMaskGenerator(our_model("vit_b", state), precision="auto", **params)),
+            ("official", lambda params=params: SamAutomaticMaskGenerator(official_model(state), **params)),
+            ("samkit fp32",
+             lambda params=params: AutomaticMaskGenerator(our_model("vit_b", state), precision="fp32", **params)),
+            ("samkit auto",
+             lambda params=params: AutomaticMaskGenerator(our_model("vit_b", state), precision="auto", **params)),
         ]
         rows = report[setting] = {}
         for name, make in runs:

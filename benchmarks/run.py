@@ -139,8 +139,9 @@ def mask_agreement(state: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def prompt_latency(state: dict[str, torch.Tensor], repeat: int = 40) -> dict[str, float]:
     """Median time of predict(1 point, multimask) on a 512x512 image, postprocessing included."""
-    import samkit
     from segment_anything import SamPredictor
+
+    import samkit
 
     image = np.random.default_rng(0).integers(0, 255, (512, 512, 3)).astype(np.uint8)
     ours = samkit.Predictor(our_model("vit_b", state), precision="fp32")

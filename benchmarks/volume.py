@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from run import RESULTS, official_model, our_model, random_sam_state
 
 SIZE = 512

@@ -188,7 +188,7 @@ def real_images() -> dict[str, tuple[np.ndarray | None, str]]:
     try:
         stack = data.cells3d()
         images["cells3d_nuclei"] = (stack[30, 1], "skimage.data.cells3d()[30, 1] (nuclei channel, z=30)")
-    except Exception as exc:  # the stack is fetched from the internet on first use
+    except Exception as exc:  # noqa: BLE001 (the stack is fetched from the internet on first use)
         images["cells3d_nuclei"] = (None, f"not available: skimage.data.cells3d() could not be fetched ({type(exc).__name__})")
     return images
 

@@ -29,7 +29,7 @@ from samkit.errors import Cancelled, FormatError, ParameterError, SamkitError
 from samkit.transforms import input_shape
 
 KEYS = ["segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"]
-EVERYTHING = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+EVERYTHING = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 
 
 def synthetic_image(height: int = 150, width: int = 230, seed: int = 1) -> np.ndarray:
@@ -125,12 +125,12 @@ def assert_parity(theirs, mine, *, same_order: bool = True):
 
 
 def test_official_defaults(model, image, official_runs):
-    settings = dict(points_per_side=8)
+    settings = {"points_per_side": 8}
     assert_parity(official_runs(**settings), ours(model, image, **settings))
 
 
 def test_lower_thresholds_with_nms(model, image, official_runs):
-    settings = dict(points_per_side=10, pred_iou_thresh=0.3, stability_score_thresh=0.002)
+    settings = {"points_per_side": 10, "pred_iou_thresh": 0.3, "stability_score_thresh": 0.002}
     theirs, mine = official_runs(**settings), ours(model, image, **settings)
     assert len(mine) > 0
     assert_parity(theirs, mine)
@@ -202,9 +202,9 @@ class DiscPredictor:
     [
         # over 1000 boxes with equal scores reach the crop NMS and the postprocessing NMS
         dict(points_per_side=10, crop_n_layers=2, min_mask_region_area=40, crop_nms_thresh=1.0, **EVERYTHING),
-        dict(points_per_side=8, crop_n_layers=2, pred_iou_thresh=0.5, stability_score_thresh=0.4),
-        dict(points_per_side=8, crop_n_layers=1, pred_iou_thresh=0.5, stability_score_thresh=0.4,
-             min_mask_region_area=600, crop_nms_thresh=0.5),
+        {"points_per_side": 8, "crop_n_layers": 2, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.4},
+        {"points_per_side": 8, "crop_n_layers": 1, "pred_iou_thresh": 0.5, "stability_score_thresh": 0.4,
+             "min_mask_region_area": 600, "crop_nms_thresh": 0.5},
     ],
 )
 def test_crops_identical_with_localised_masks(model, official_model, image, settings):
@@ -223,7 +223,7 @@ def test_crops_identical_with_localised_masks(model, official_model, image, sett
 
 
 def test_small_region_removal(model, image, official_runs):
-    settings = dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=400)
+    settings = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_mask_region_area": 400}
     theirs, mine = official_runs(**settings), ours(model, image, **settings)
     assert len(mine) > 0
     assert_parity(theirs, mine)
@@ -351,24 +351,24 @@ def test_defaults_match_official():
 @pytest.mark.parametrize(
     "settings",
     [
-        dict(points_per_side=None),
-        dict(point_grids=[point_grid(4)]),
-        dict(points_per_side=0),
-        dict(points_per_batch=0),
-        dict(pred_iou_thresh=1.5),
-        dict(stability_score_thresh=-0.1),
-        dict(box_nms_thresh=2),
-        dict(crop_nms_thresh=float("nan")),
-        dict(crop_overlap_ratio=1.0),
-        dict(stability_score_offset=-1),
-        dict(crop_n_layers=-1),
-        dict(crop_n_points_downscale_factor=0),
-        dict(points_per_side=2, crop_n_layers=2, crop_n_points_downscale_factor=2),
-        dict(points_per_side=None, point_grids=[point_grid(4)], crop_n_layers=1),
-        dict(points_per_side=None, point_grids=[np.zeros((3, 3))]),
-        dict(min_mask_region_area=-5),
-        dict(output_mode="png"),
-        dict(progress=3),
+        {"points_per_side": None},
+        {"point_grids": [point_grid(4)]},
+        {"points_per_side": 0},
+        {"points_per_batch": 0},
+        {"pred_iou_thresh": 1.5},
+        {"stability_score_thresh": -0.1},
+        {"box_nms_thresh": 2},
+        {"crop_nms_thresh": float("nan")},
+        {"crop_overlap_ratio": 1.0},
+        {"stability_score_offset": -1},
+        {"crop_n_layers": -1},
+        {"crop_n_points_downscale_factor": 0},
+        {"points_per_side": 2, "crop_n_layers": 2, "crop_n_points_downscale_factor": 2},
+        {"points_per_side": None, "point_grids": [point_grid(4)], "crop_n_layers": 1},
+        {"points_per_side": None, "point_grids": [np.zeros((3, 3))]},
+        {"min_mask_region_area": -5},
+        {"output_mode": "png"},
+        {"progress": 3},
     ],
 )
 def test_bad_settings_raise(model, settings):

@@ -56,13 +56,13 @@ def test_embedding_matches(pair):
 
 POINTS = np.array([[170.0, 150.0], [400.0, 60.0], [30.0, 280.0], [250.0, 200.0]])
 CASES = {
-    "one point": dict(point_coords=POINTS[:1], point_labels=np.array([1])),
-    "points pos and neg": dict(point_coords=POINTS, point_labels=np.array([1, 0, 1, 0])),
-    "box": dict(box=np.array([100.0, 80.0, 300.0, 240.0])),
-    "box and points": dict(
-        point_coords=POINTS[:2], point_labels=np.array([1, 0]), box=np.array([100.0, 80.0, 300.0, 240.0])
-    ),
-    "fractional point on the edge": dict(point_coords=np.array([[516.4, 0.2]]), point_labels=np.array([1])),
+    "one point": {"point_coords": POINTS[:1], "point_labels": np.array([1])},
+    "points pos and neg": {"point_coords": POINTS, "point_labels": np.array([1, 0, 1, 0])},
+    "box": {"box": np.array([100.0, 80.0, 300.0, 240.0])},
+    "box and points": {
+        "point_coords": POINTS[:2], "point_labels": np.array([1, 0]), "box": np.array([100.0, 80.0, 300.0, 240.0])
+    },
+    "fractional point on the edge": {"point_coords": np.array([[516.4, 0.2]]), "point_labels": np.array([1])},
 }
 
 
@@ -84,9 +84,9 @@ def test_predict_matches(pair, case, multimask):
 @pytest.mark.parametrize("multimask", [True, False])
 def test_mask_input_matches(pair, multimask):
     ours, ref = pair
-    first = dict(point_coords=POINTS[:1], point_labels=np.array([1]))
+    first = {"point_coords": POINTS[:1], "point_labels": np.array([1])}
     _, _, low = ref.predict(**first)
-    kwargs = dict(point_coords=POINTS[:2], point_labels=np.array([1, 0]), multimask_output=multimask)
+    kwargs = {"point_coords": POINTS[:2], "point_labels": np.array([1, 0]), "multimask_output": multimask}
     masks, scores, low_out = ours.predict(**kwargs, mask_input=low[:1])
     ref_logits, ref_scores, ref_low = ref.predict(**kwargs, mask_input=low[:1], return_logits=True)
     assert_close(scores, ref_scores, "scores")
@@ -138,7 +138,7 @@ def test_square_and_tall_images(tmp_path):
         ours.set_image(img)
         ref.set_image(img)
         assert_close(ours.get_image_embedding(), ref.get_image_embedding(), "embedding")
-        kwargs = dict(point_coords=np.array([[w / 2, h / 3]]), point_labels=np.array([1]))
+        kwargs = {"point_coords": np.array([[w / 2, h / 3]]), "point_labels": np.array([1])}
         masks, scores, _ = ours.predict(**kwargs)
         ref_logits, ref_scores, _ = ref.predict(**kwargs, return_logits=True)
         assert_close(scores, ref_scores, "scores")

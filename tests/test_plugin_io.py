@@ -60,7 +60,7 @@ def test_writer_refuses_3d_labels(tmp_path):
 
 
 def test_sample_data_is_generated_and_plausible():
-    [(nuclei, meta, kind), (truth, truth_meta, truth_kind)] = _sample_data.nuclei_sample()
+    [(nuclei, meta, kind), (truth, _truth_meta, truth_kind)] = _sample_data.nuclei_sample()
     assert kind == "image" and nuclei.dtype == np.uint16 and nuclei.shape == (384, 384)
     assert truth_kind == "labels" and truth.shape == nuclei.shape and truth.max() > 10
     assert np.median(nuclei[truth > 0]) > 2 * np.median(nuclei[truth == 0])  # bright objects on a dim background

@@ -73,9 +73,9 @@ def test_biases_loaded_after_eval_are_used():
         fresh.eval()
         torch.testing.assert_close(fresh.image_encoder(x), with_biases)
         zeroed = dict(state)
-        for key in zeroed:
+        for key, value in state.items():
             if key.endswith("attention_biases"):
-                zeroed[key] = torch.zeros_like(zeroed[key])
+                zeroed[key] = torch.zeros_like(value)
         model.load_state_dict(zeroed)
         assert (model.image_encoder(x) - with_biases).abs().max() > 1e-4
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import socket
 import threading
@@ -181,7 +182,7 @@ def test_download_lands_verified_with_progress(server, monkeypatch, checkpoint_b
     assert {total for _, total in reports} == {size}
     done = [d for d, _ in reports]
     assert done[0] < size
-    assert all(a <= b for a, b in zip(done, done[1:])), "progress went backwards"
+    assert all(a <= b for a, b in itertools.pairwise(done)), "progress went backwards"
     assert all(0 < d <= size for d in done)
     assert done[-1] == size
 
@@ -285,7 +286,7 @@ def test_progress_restarts_with_each_attempt(server, monkeypatch, small_bytes):
     assert first and second
     assert max(first) <= size // 2
     assert second[0] <= 1024, f"the second attempt started its progress at {second[0]} of {size} bytes"
-    assert all(a <= b for a, b in zip(second, second[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(second))
     assert second[-1] == size
 
 

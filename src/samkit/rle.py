@@ -608,6 +608,8 @@ def write_strings_csv(path: str | os.PathLike, labels: np.ndarray) -> Path:
     path = Path(path)
     with atomic_output(path) as temporary, open(temporary, "x", encoding="utf-8") as file:
         file.write("id,height,width,rle\n")
-        for label in np.unique(labels[labels > 0]):
-            file.write(f"{label},{labels.shape[0]},{labels.shape[1]},{encode_string(labels == label)}\n")
+        height, width = labels.shape
+        file.writelines(
+            f"{label},{height},{width},{encode_string(labels == label)}\n" for label in np.unique(labels[labels > 0])
+        )
     return path
