@@ -527,6 +527,8 @@ def test_fine_tune_widget_trains_and_offers_the_new_model(make_napari_viewer, qt
     assert len(widget.plot.steps) == result.steps and widget.plot.epochs
     assert widget.segmenter.model is result.model
     assert widget.picker.models.findData(str(result.model_path)) >= 0
+    # Every picker of the viewer names the fine-tuned model now in use.
+    assert segment.picker.status.text().startswith(f"Model: {result.model_path}")
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
 
 

@@ -159,11 +159,14 @@ def test_grid_widget_takes_the_quality_filters_of_samkit_tiny_s_card(make_napari
         segment.picker.load()
     assert widget.params["pred_iou_thresh"] == pytest.approx(recommended["pred_iou_thresh"])
     assert "model card" in widget.status.text()
-    # Set from Python: the Grid widget follows when it runs.
-    widget.segmenter.model_name = "another model"
-    widget.follow_model()
+    # Set from Python: the Grid widget and every picker follow at once.
+    tiny = widget.segmenter.model
+    widget.segmenter.use_model(tiny, "another model")
     assert widget.params["pred_iou_thresh"] == GENERATOR_OPTIONS["pred_iou_thresh"][1]
+    assert segment.picker.status.text().startswith("Model: another model")
     widget.segmenter.set_model(NAME, device="cpu", progress=False)
+    assert widget.params["pred_iou_thresh"] == pytest.approx(recommended["pred_iou_thresh"])
+    assert widget.picker.status.text().startswith(f"Model: {NAME}")
     widget.fields["points_per_side"].setValue(8)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
         widget.run()
@@ -177,7 +180,6 @@ def test_grid_widget_takes_the_quality_filters_of_samkit_tiny_s_card(make_napari
     assert "model card" in second.status.text()
     # A value the user set stays, also when the model changes.
     widget.fields["pred_iou_thresh"].setValue(0.5)
-    widget.segmenter.model_name = "another model"
-    widget.follow_model()
+    widget.segmenter.use_model(tiny, "another model")
     assert widget.params["pred_iou_thresh"] == pytest.approx(0.5)
     assert widget.params["stability_score_thresh"] == pytest.approx(GENERATOR_OPTIONS["stability_score_thresh"][1])

@@ -116,7 +116,6 @@ class GridWidget(JobWidget):
         """Run grid mode in a worker (loading the chosen model first when none is loaded)."""
         if not self.ready(self.run, "Grid mode"):
             return
-        self.follow_model()
         try:
             request = self.segmenter.grid_request()
         except SamkitError as error:

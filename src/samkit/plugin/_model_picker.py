@@ -28,7 +28,6 @@ CHOOSE_FILE = "Load a checkpoint file..."
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 _SEGMENTERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_PICKERS: weakref.WeakSet = weakref.WeakSet()
 
 
 def segmenter_for(viewer: Any) -> Segmenter:
@@ -51,7 +50,7 @@ def _label(name: str) -> str:
 class ModelPicker(QWidget):
     """Model and device pickers with a Load button; loading runs in a worker with progress."""
 
-    # Emitted by every picker of the segmenter when one of them has loaded a model (its name).
+    # Emitted by every picker of the segmenter when a new model is in use (its name), however it was set.
     loaded = Signal(str)
 
     def __init__(self, segmenter: Segmenter, on_progress: Callable[[int, int], None] | None = None) -> None:
@@ -75,7 +74,7 @@ class ModelPicker(QWidget):
         self.load_button.setToolTip("Load the chosen model (Shift+L)")
         self.load_button.clicked.connect(lambda: self.load())
         self.status = QLabel(f"Model: {segmenter.model_name}" if segmenter.model is not None else "No model loaded")
-        _PICKERS.add(self)
+        segmenter.events.model.connect(self._model_changed)
         row = QHBoxLayout()
         row.addWidget(self.models, 3)
         row.addWidget(self.device, 1)
@@ -136,13 +135,14 @@ class ModelPicker(QWidget):
         show_info(f"samkit: loaded {name} on {model.device}.")
         if choice in weights.REGISTRY:
             self.models.setItemText(self.models.currentIndex(), _label(choice))
-        for picker in list(_PICKERS):
-            if picker.segmenter is self.segmenter:
-                picker.status.setText(f"Model: {name} on {model.device}")
-                picker.loaded.emit(name)
         then, self._then = self._then, []
         for action in then:
             action()
+
+    def _model_changed(self, event: Any = None) -> None:
+        model, name = self.segmenter.model, self.segmenter.model_name
+        self.status.setText(f"Model: {name} on {model.device}")
+        self.loaded.emit(name)
 
     def _finished(self) -> None:
         if self._again:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from napari.layers import Image, Labels, Points, Shapes
+from napari.utils.events import EmitterGroup, Event
 from napari.utils.notifications import show_warning
 
 from .. import medical, rle
@@ -119,6 +120,8 @@ class Segmenter:
     ``model`` is a loaded model, a registry name or a checkpoint file (or set it later with
     :meth:`set_model`). Positions are napari world coordinates (row, col, with leading axes
     for stacks). ``cache`` is an ``EmbeddingCache``, True for the default one, or False.
+    ``events.model`` fires whenever another model comes into use, however it was set, so the
+    widgets sharing this segmenter follow it.
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class Segmenter:
         cache: EmbeddingCache | bool = True,
     ) -> None:
         self.viewer = viewer
+        self.events = EmitterGroup(source=self, model=Event)
         self.precision = precision
         self.cache = EmbeddingCache() if cache is True else (cache or None)
         self.model: Sam | None = None
@@ -162,6 +166,7 @@ class Segmenter:
         self.model = model.eval()
         self.model_name = name
         self.forget()
+        self.events.model()
 
     def forget(self) -> None:
         """Drop the embedding and the candidates (the layers keep what they show)."""
