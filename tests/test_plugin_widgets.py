@@ -217,6 +217,84 @@ def test_live_predictions_update_thumbnails_once_they_settle(make_napari_viewer,
     np.testing.assert_array_equal(current.thumbnail, settled)
 
 
+def _docked_with_gated_predictions(make_napari_viewer, qtbot, checkpoint):
+    """A shown viewer with the widget docked, embedded; predictions wait for the returned gate."""
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(_image())
+    widget = _widget(viewer, qtbot, checkpoint)
+    viewer.window.add_dock_widget(widget)
+    _embed(widget, qtbot)
+    gate = threading.Event()
+    real = widget.segmenter.compute_candidates
+
+    def gated(*args, **kwargs):
+        if not gate.wait(WAIT_MS / 1000):
+            raise TimeoutError("the test never opened the gate")
+        return real(*args, **kwargs)
+
+    widget.segmenter.compute_candidates = gated
+    return viewer, widget, gate
+
+
+def _add_point(widget, position) -> None:
+    layer = widget.segmenter.points_layer
+    layer.add(np.asarray(layer.world_to_data(position))[None])
+
+
+def test_a_live_prediction_repaints_the_window_once_with_its_masks(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer, widget, gate = _docked_with_gated_predictions(make_napari_viewer, qtbot, tiny_checkpoint)
+    window = viewer.window._qt_window
+    assert window.updatesEnabled()
+    _add_point(widget, (40, 60))
+    assert widget.predict_job.running and not window.updatesEnabled()
+    # An edit while the prediction runs: the window shows the first result while the next one runs.
+    _add_point(widget, (30, 50))
+    with qtbot.waitSignal(widget.candidates_shown, timeout=WAIT_MS):
+        gate.set()
+    assert window.updatesEnabled()
+    qtbot.waitUntil(lambda: len(widget.segmenter.candidates.prompt.points) == 2, timeout=WAIT_MS)
+    assert window.updatesEnabled()
+
+
+def test_a_slow_prediction_holds_repaints_back_no_longer_than_the_limit(
+    make_napari_viewer, qtbot, tiny_checkpoint, monkeypatch
+):
+    monkeypatch.setattr("samkit.plugin._segment_widget.REPAINT_HOLD_MS", 50)
+    viewer, widget, gate = _docked_with_gated_predictions(make_napari_viewer, qtbot, tiny_checkpoint)
+    window = viewer.window._qt_window
+    _add_point(widget, (40, 60))
+    assert not window.updatesEnabled()
+    qtbot.waitUntil(window.updatesEnabled, timeout=WAIT_MS)
+    assert widget.predict_job.running
+    with qtbot.waitSignal(widget.candidates_shown, timeout=WAIT_MS):
+        gate.set()
+    assert window.updatesEnabled() and widget.segmenter.candidates is not None
+
+
+def test_a_failed_or_abandoned_prediction_lets_the_window_repaint(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer, widget, gate = _docked_with_gated_predictions(make_napari_viewer, qtbot, tiny_checkpoint)
+    window = viewer.window._qt_window
+
+    def broken(*args, **kwargs):
+        gate.wait(WAIT_MS / 1000)
+        raise RuntimeError("decoder exploded")
+
+    widget.segmenter.compute_candidates = broken
+    _add_point(widget, (40, 60))
+    assert not window.updatesEnabled()
+    with qtbot.waitSignal(widget.predict_job.finished, timeout=WAIT_MS):
+        gate.set()
+    assert window.updatesEnabled()
+    assert any("decoder exploded" in note for note in notes)
+
+    gate.clear()
+    _add_point(widget, (30, 50))
+    assert not window.updatesEnabled()
+    widget.close()
+    assert window.updatesEnabled()
+    gate.set()
+
+
 def test_interactive_workers_live_until_a_later_one_starts(qtbot):
     jobs = [_jobs.Job("Prediction", lambda report, i=i: i, lambda result: None, interactive=True) for i in range(3)]
     for job in jobs:

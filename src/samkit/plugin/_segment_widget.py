@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,10 +32,13 @@ from . import _layers
 from ._base_widget import JobWidget
 from ._controls import button
 from ._jobs import Job
+from ._repaint_hold import hold_repaints
 from ._segmenter import Candidates, Segmenter
 
 CONTRAST_DELAY_MS = 400
 THUMBNAIL_DELAY_MS = 300
+# The longest a live prediction holds back the window's repaints (see ``_repaint_hold``).
+REPAINT_HOLD_MS = 150
 EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
 
 
@@ -52,6 +56,7 @@ class SegmentWidget(JobWidget):
         self.predict_job: Job | None = None
         self._embed_again = False
         self._predict_again = False
+        self._release_repaints: Callable[[], None] | None = None
         self._last_problems: list[str] = []
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._thumbnails = QTimer()
@@ -369,7 +374,14 @@ class SegmentWidget(JobWidget):
         self.predict()
 
     def predict(self) -> None:
-        """Predict the candidates of the current prompt in a worker."""
+        """Predict the candidates of the current prompt in a worker.
+
+        The window repaints once the candidates are shown (or after ``REPAINT_HOLD_MS``), with the
+        new prompt and its masks together, not while the prediction runs.
+        """
+        self._predict(hold=True)
+
+    def _predict(self, hold: bool) -> None:
         segmenter = self.segmenter
         if segmenter.model is None:
             return
@@ -403,6 +415,18 @@ class SegmentWidget(JobWidget):
         )
         self.predict_job.finished.connect(self._predict_finished)
         self.predict_job.start()
+        if hold:
+            self._release_repaints = hold_repaints(self, REPAINT_HOLD_MS)
+
+    def _repaint(self) -> None:
+        """Let the window repaint again if a prediction held it back."""
+        if self._release_repaints is not None:
+            self._release_repaints()
+            self._release_repaints = None
+
+    def closeEvent(self, event: Any) -> None:
+        self._repaint()
+        super().closeEvent(event)
 
     def _show(self, candidates: Candidates) -> None:
         if self.segmenter.embedded is None or candidates.key != self.segmenter.embedded.key:
@@ -410,12 +434,15 @@ class SegmentWidget(JobWidget):
         self.segmenter.show(candidates, thumbnails=False)
         self._thumbnails.start()
         self._update_rows(candidates)
+        self._repaint()
         self.candidates_shown.emit()
 
     def _predict_finished(self) -> None:
+        self._repaint()
         if self._predict_again:
+            # Edits made meanwhile: the window shows this prediction while the next one runs.
             self._predict_again = False
-            self.predict()
+            self._predict(hold=False)
 
     def _update_rows(self, candidates: Candidates | None) -> None:
         for i, row in enumerate(self.rows):
