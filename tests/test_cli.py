@@ -61,6 +61,9 @@ def test_segment_box_multimask_writes_stack(tiny_checkpoint, uint16_tiff, tmp_pa
                  "--multimask", "-o", str(out), "--precision", "fp32"]) == 0
     masks, _, _ = predicted(tiny_checkpoint, image, box=np.array([50, 30, 130, 90]))
     np.testing.assert_array_equal(tifffile.imread(out).astype(bool), masks)
+    with tifffile.TiffFile(out) as tif:
+        assert len(tif.pages) == 3
+        assert all(page.photometric == tifffile.PHOTOMETRIC.MINISBLACK for page in tif.pages)
 
 
 @pytest.mark.parametrize(

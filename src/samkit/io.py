@@ -72,5 +72,6 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
         else:
             import tifffile
 
-            tifffile.imwrite(tmp, data.astype(np.uint8) if data.dtype == bool else data)
+            # Masks are never colour: three masks are three grey pages, not one RGB image.
+            tifffile.imwrite(tmp, data.astype(np.uint8) if data.dtype == bool else data, photometric="minisblack")
     return path
