@@ -166,7 +166,11 @@ def test_grid_widget_takes_the_quality_filters_of_samkit_tiny_s_card(make_napari
     assert segment.picker.status.text().startswith("Model: another model")
     widget.segmenter.set_model(NAME, device="cpu", progress=False)
     assert widget.params["pred_iou_thresh"] == pytest.approx(recommended["pred_iou_thresh"])
-    assert widget.picker.status.text().startswith(f"Model: {NAME}")
+    assert widget.picker.status.text() == f"Model: {NAME} on cpu"
+    # A widget opened once a model is in use names it the same way.
+    late = GridWidget(viewer)
+    qtbot.addWidget(late)
+    assert late.picker.status.text() == f"Model: {NAME} on cpu"
     widget.fields["points_per_side"].setValue(8)
     with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
         widget.run()

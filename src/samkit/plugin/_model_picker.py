@@ -73,7 +73,7 @@ class ModelPicker(QWidget):
         self.load_button = QPushButton("Load (Shift+L)")
         self.load_button.setToolTip("Load the chosen model (Shift+L)")
         self.load_button.clicked.connect(lambda: self.load())
-        self.status = QLabel(f"Model: {segmenter.model_name}" if segmenter.model is not None else "No model loaded")
+        self.status = QLabel(self._model_text())
         segmenter.events.model.connect(self._model_changed)
         row = QHBoxLayout()
         row.addWidget(self.models, 3)
@@ -139,10 +139,13 @@ class ModelPicker(QWidget):
         for action in then:
             action()
 
+    def _model_text(self) -> str:
+        segmenter = self.segmenter
+        return "No model loaded" if segmenter.model is None else f"Model: {segmenter.model_name} on {segmenter.model.device}"
+
     def _model_changed(self, event: Any = None) -> None:
-        model, name = self.segmenter.model, self.segmenter.model_name
-        self.status.setText(f"Model: {name} on {model.device}")
-        self.loaded.emit(name)
+        self.status.setText(self._model_text())
+        self.loaded.emit(self.segmenter.model_name)
 
     def _finished(self) -> None:
         if self._again:
@@ -150,7 +153,7 @@ class ModelPicker(QWidget):
             self.load()
             return
         if self.segmenter.model is None or self.status.text().startswith("Loading"):
-            self.status.setText("No model loaded" if self.segmenter.model is None else f"Model: {self.segmenter.model_name}")
+            self.status.setText(self._model_text())
             self._then.clear()
 
     def cancel(self) -> None:
