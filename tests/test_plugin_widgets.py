@@ -419,7 +419,7 @@ def _gated_embedding(segmenter):
     return started, gate
 
 
-def test_cancel_in_the_middle_of_an_embedding(make_napari_viewer, qtbot, tiny_checkpoint):
+def test_cancel_in_the_middle_of_an_embedding(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     viewer = make_napari_viewer()
     viewer.add_image(_image())
     widget = _widget(viewer, qtbot, tiny_checkpoint)
@@ -433,9 +433,10 @@ def test_cancel_in_the_middle_of_an_embedding(make_napari_viewer, qtbot, tiny_ch
     qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
     assert widget.segmenter.embedded is None
     assert "cancelled" in widget.status.text()
+    assert "Embedding cancelled; nothing was changed." in notes
 
 
-def test_image_removed_while_embedding(make_napari_viewer, qtbot, tiny_checkpoint):
+def test_image_removed_while_embedding(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     viewer = make_napari_viewer()
     image = viewer.add_image(_image(), name="gone")
     keep = viewer.add_labels(np.ones((96, 128), np.int32), name="my labels")
@@ -450,6 +451,32 @@ def test_image_removed_while_embedding(make_napari_viewer, qtbot, tiny_checkpoin
     qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
     assert widget.segmenter.embedded is None
     assert [layer.name for layer in viewer.layers] == ["my labels"] and (keep.data == 1).all()
+    assert any("'gone' was removed while it was being embedded" in note for note in notes)
+
+
+def test_new_image_data_or_another_image_is_embedded_again(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), name="first")
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        image.data = _image()[::-1].copy()
+    assert widget.segmenter.embedded.data_id == id(image.data)
+    second = viewer.add_image(_image(64, 80), name="second")
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        viewer.layers.selection.active = second
+    assert widget.image.currentText() == "second" and widget.segmenter.embedded.plane.layer is second
+
+    # Data replaced while its embedding runs: that embedding is dropped and the new data embedded.
+    qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
+    started, gate = _gated_embedding(widget.segmenter)
+    with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
+        widget.embed()
+        assert started.wait(10)
+        second.data = _image(64, 80)[:, ::-1].copy()
+        gate.set()
+    assert widget.segmenter.embedded.data_id == id(second.data)
+    assert any("'second' changed while it was embedded" in note for note in notes)
 
 
 def test_prompts_outside_the_image_are_ignored_with_a_warning(make_napari_viewer, qtbot, tiny_checkpoint, notes):
@@ -658,6 +685,42 @@ def test_cancel_in_the_middle_of_grid_mode_changes_nothing(make_napari_viewer, q
         gate.set()
     assert "cancelled" in grid.status.text()
     assert _layers.AUTO not in [layer.name for layer in viewer.layers]
+
+
+def test_image_changed_or_removed_while_grid_mode_runs(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), name="cells")
+    keep = viewer.add_labels(np.ones((96, 128), np.int32), name="my labels")
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    grid.picker.add_file(tiny_checkpoint)
+    grid.picker.device.setCurrentText("cpu")
+    with qtbot.waitSignal(grid.picker.loaded, timeout=WAIT_MS):
+        grid.picker.load()
+    real = grid.segmenter.compute_grid
+    started, gate = threading.Event(), threading.Event()
+
+    def gated(request, params, progress=None, cancel=None):
+        started.set()
+        gate.wait(10)
+        return real(request, {**params, "points_per_side": 4}, progress, cancel)
+
+    grid.segmenter.compute_grid = gated
+    viewer.layers.selection.active = image
+    for change, message in (
+        (lambda: setattr(image, "data", _image(64, 80)), "The data of 'cells' changed while grid mode ran"),
+        (lambda: viewer.layers.remove(image), "The image 'cells' was removed while grid mode ran"),
+    ):
+        started.clear()
+        gate.clear()
+        with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
+            grid.run()
+            assert started.wait(10)
+            change()
+            gate.set()
+        assert any(message in note for note in notes) and message in grid.status.text()
+        assert _layers.AUTO not in [layer.name for layer in viewer.layers]
+    assert [layer.name for layer in viewer.layers] == ["my labels"] and (keep.data == 1).all()
 
 
 def test_moving_through_z_embeds_the_slice_in_view(make_napari_viewer, qtbot, tiny_checkpoint):

@@ -126,7 +126,6 @@ class EvaluateWidget(JobWidget):
         self.result = found[0]
         self.status.setText(_report(*found))
 
-
     def save(self, path: str | None = None) -> None:
         """Save the per-object table as CSV (asks for a file when ``path`` is None)."""
         if self.result is None:

@@ -109,8 +109,13 @@ class GridWidget(JobWidget):
 
     @property
     def params(self) -> dict[str, Any]:
-        """The generator's parameters as set in the form."""
-        return {name: GENERATOR_OPTIONS[name][0](field.value()) for name, field in self.fields.items()}
+        """The generator's parameters as set in the form (a default the form rounds is passed exactly)."""
+        params = {}
+        for name, field in self.fields.items():
+            kind, default, _ = GENERATOR_OPTIONS[name]
+            shown_default = kind is float and field.value() == round(default, field.decimals())
+            params[name] = default if shown_default else kind(field.value())
+        return params
 
     def run(self) -> None:
         """Run grid mode in a worker (loading the chosen model first when none is loaded)."""
@@ -131,10 +136,12 @@ class GridWidget(JobWidget):
         self.job.start()
 
     def _show(self, result: GridResult) -> None:
-        if result.plane.layer not in self.viewer.layers:
-            show_error("The image was removed while grid mode ran: nothing was added.")
+        try:
+            layer = self.segmenter.show_grid(result)
+        except SamkitError as error:
+            show_error(str(error))
+            self.status.setText(str(error))
             return
-        layer = self.segmenter.show_grid(result)
         found = len(result.table["label"])
         self.status.setText(f"Found {found} object(s): see '{layer.name}' (its features hold scores and areas).")
 
@@ -143,7 +150,6 @@ class GridWidget(JobWidget):
             self.status.setText("Grid mode cancelled; nothing was changed.")
             self.progress.setValue(0)
         self.finished.emit()
-
 
     def _move(self, ids: list[int] | None) -> None:
         try:

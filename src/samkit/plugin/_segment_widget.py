@@ -35,7 +35,8 @@ from ._jobs import Job
 from ._repaint_hold import hold_repaints
 from ._segmenter import Candidates, Segmenter
 
-CONTRAST_DELAY_MS = 400
+# How long the image in view must stay the same (contrast, data, choice, plane) before it is embedded again.
+REEMBED_DELAY_MS = 400
 THUMBNAIL_DELAY_MS = 300
 # The longest a live prediction holds back the window's repaints (see ``_repaint_hold``).
 REPAINT_HOLD_MS = 150
@@ -57,6 +58,7 @@ class SegmentWidget(JobWidget):
         self._embed_again = False
         self._predict_again = False
         self._release_repaints: Callable[[], None] | None = None
+        self._embed_request: Any = None
         self._last_problems: list[str] = []
         self._watched: weakref.WeakSet = weakref.WeakSet()
         self._thumbnails = QTimer()
@@ -150,8 +152,8 @@ class SegmentWidget(JobWidget):
         layout.addWidget(export)
         layout.addStretch(1)
 
-        self._contrast_timer = QTimer(self, singleShot=True, interval=CONTRAST_DELAY_MS)
-        self._contrast_timer.timeout.connect(self._contrast_settled)
+        self._reembed_timer = QTimer(self, singleShot=True, interval=REEMBED_DELAY_MS)
+        self._reembed_timer.timeout.connect(self._reembed_if_stale)
         self.bind_keys({
             "1": lambda: self.choose(0),
             "2": lambda: self.choose(1),
@@ -191,11 +193,12 @@ class SegmentWidget(JobWidget):
             self._removed(event.value)
 
     def _watch(self, layer: Any) -> None:
-        """Follow contrast changes of images and edits of samkit's prompt layers."""
+        """Follow contrast and data changes of images and edits of samkit's prompt layers."""
         if layer in self._watched:
             return
         if isinstance(layer, Image):
-            layer.events.contrast_limits.connect(self._contrast_changed)
+            layer.events.contrast_limits.connect(self._image_changed)
+            layer.events.data.connect(self._image_changed)
         elif isinstance(layer, (Points, Shapes)) and layer.name in (_layers.POINTS, _layers.BOXES):
             layer.events.data.connect(self._prompts_changed, position="first")
             if isinstance(layer, Points):
@@ -205,12 +208,15 @@ class SegmentWidget(JobWidget):
         self._watched.add(layer)
 
     def _removed(self, layer: Any) -> None:
+        request = self._embed_request
+        if self.embed_job is not None and self.embed_job.running and request is not None and request.plane.layer is layer:
+            self._embed_again = False
+            self.embed_job.cancel()
+            show_warning(f"Image {layer.name!r} was removed while it was being embedded: the embedding was stopped.")
         embedded = self.segmenter.embedded
         if embedded is not None and embedded.plane.layer is layer:
             self.segmenter.forget()
             self.status.setText(f"Image {layer.name!r} was removed: its embedding is dropped.")
-            if self.embed_job is not None and self.embed_job.running:
-                self.embed_job.cancel()
 
     def _follow_selection(self, event: Any = None) -> None:
         active = self.viewer.layers.selection.active
@@ -225,26 +231,22 @@ class SegmentWidget(JobWidget):
         name = self.image.currentText()
         layer = next((lay for lay in self.viewer.layers if isinstance(lay, Image) and lay.name == name), None)
         self.segmenter.image_layer = layer
+        if self.segmenter.embedded is not None and layer is not None and layer is not self.segmenter.embedded.plane.layer:
+            self._reembed_timer.start()
 
-    def _contrast_changed(self, event: Any = None) -> None:
+    def _image_changed(self, event: Any = None) -> None:
         embedded = self.segmenter.embedded
         if embedded is not None and event is not None and event.source is embedded.plane.layer:
-            self._contrast_timer.start()
+            self._reembed_timer.start()
 
-    def _contrast_settled(self) -> None:
-        embedded = self.segmenter.embedded
-        if embedded is None or embedded.plane.layer not in self.viewer.layers:
-            return
-        try:
-            stale = self.segmenter.image_layer is embedded.plane.layer and self.segmenter.needs_embedding
-        except SamkitError:
-            return
-        if stale:
+    def _reembed_if_stale(self) -> None:
+        """Once there is an embedding, keep it up to date with the image in view (contrast, data, choice, plane)."""
+        if self.segmenter.embedded is not None and self.segmenter.needs_embedding:
             self.embed()
 
     def _view_moved(self, event: Any = None) -> None:
         if self.segmenter.embedded is not None:
-            self._contrast_timer.start()
+            self._reembed_timer.start()
 
     def _intensity_chosen(self, index: int) -> None:
         preset = self.intensity.itemData(index)
@@ -262,7 +264,6 @@ class SegmentWidget(JobWidget):
 
     # Embedding.
 
-
     def embed(self) -> None:
         """Embed the plane in view in a worker (loads the chosen model first when none is loaded)."""
         if self.segmenter.model is None:
@@ -278,6 +279,7 @@ class SegmentWidget(JobWidget):
             show_error(str(error))
             return
         self.status.setText(f"Embedding {request.plane.layer.name!r} {request.plane.label}...".replace(" ...", "..."))
+        self._embed_request = request
         segmenter = self.segmenter
         self.embed_job = Job(
             "Embedding",
@@ -291,7 +293,11 @@ class SegmentWidget(JobWidget):
 
     def _embedded(self, request: Any, predictor: Any) -> None:
         if not self.segmenter.install_embedding(request, predictor):
-            show_warning("The image or the model changed while embedding; embed again (Shift+E).")
+            if request.plane.layer in self.viewer.layers and request.data_changed:
+                show_info(f"The data of {request.plane.layer.name!r} changed while it was embedded: embedding it again.")
+                self._embed_again = True
+            else:
+                show_warning("The image or the model changed while embedding; embed again (Shift+E).")
             return
         plane = f" ({request.plane.label})" if request.plane.label else ""
         self.status.setText(f"Embedded {request.plane.layer.name!r}{plane} with {self.segmenter.model_name}.")
@@ -312,6 +318,8 @@ class SegmentWidget(JobWidget):
     def cancel(self) -> None:
         """Stop the running embedding, propagation or model download."""
         self._embed_again = False
+        if self.embed_job is not None and self.embed_job.running:
+            show_info("Embedding cancelled; nothing was changed.")
         for job in (self.embed_job, self.stack_job):
             if job is not None and job.running:
                 job.cancel()

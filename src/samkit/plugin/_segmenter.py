@@ -47,6 +47,12 @@ class EmbedRequest:
     pixels: np.ndarray
     contrast_limits: tuple[float, float] | None
     key: tuple
+    data_id: int
+
+    @property
+    def data_changed(self) -> bool:
+        """Whether the layer's data was replaced since the request was read."""
+        return id(self.plane.layer.data) != self.data_id
 
 
 @dataclass
@@ -85,6 +91,7 @@ class GridResult:
     plane: Plane
     labels: np.ndarray
     table: dict[str, np.ndarray]
+    request: EmbedRequest
 
 
 def outlines(inside: np.ndarray) -> np.ndarray:
@@ -215,7 +222,7 @@ class Segmenter:
     def embed_request(self) -> EmbedRequest:
         """What to embed for the plane in view (GUI thread)."""
         plane, limits, key = self._view()
-        return EmbedRequest(plane, plane.image(), limits, key)
+        return EmbedRequest(plane, plane.image(), limits, key, id(plane.layer.data))
 
     @property
     def needs_embedding(self) -> bool:
@@ -240,8 +247,9 @@ class Segmenter:
         return predictor
 
     def install_embedding(self, request: EmbedRequest, predictor: Predictor) -> bool:
-        """Use a computed embedding if the view still shows its plane (GUI thread)."""
-        if request.plane.layer not in self.viewer.layers or predictor.model is not self.model:
+        """Use a computed embedding if its image is still there, with the same data, and the model
+        is the same (GUI thread)."""
+        if request.plane.layer not in self.viewer.layers or request.data_changed or predictor.model is not self.model:
             return False
         self.predictor = predictor
         self.embedded = request
@@ -484,11 +492,17 @@ class Segmenter:
         generator.predictor.cache = self.cache
         records = generator.generate(request.pixels, cancel, contrast_limits=request.contrast_limits)
         labels, table = masks_to_labels(records, request.plane.shape)
-        return GridResult(request.plane, labels, table)
+        return GridResult(request.plane, labels, table, request)
 
     def show_grid(self, result: GridResult) -> Labels:
         """Write grid mode's labels into ``samkit: auto`` (the plane in view) with its table as features."""
         image = result.plane.layer
+        if image not in self.viewer.layers:
+            raise NoImageError(f"The image {image.name!r} was removed while grid mode ran: nothing was added.")
+        if result.request.data_changed:
+            raise NoImageError(
+                f"The data of {image.name!r} changed while grid mode ran: nothing was added; run grid mode again."
+            )
         layer = _layers.labels_layer(self.viewer, image, _layers.AUTO, np.int32, opacity=0.5)
         others = layer.data.copy()
         result.plane.write(others, np.zeros(result.plane.shape, np.int32))
