@@ -139,6 +139,8 @@ def test_export_csv_strings_decode_back(tmp_path):
     for row in rows:
         mask = rle.decode_string(row["rle"], (int(row["height"]), int(row["width"])))
         np.testing.assert_array_equal(mask, labels == int(row["id"]))
+    assert main(["import", str(tmp_path / "x.csv"), "-o", str(tmp_path / "back.tif")]) == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "back.tif"), labels)
 
 
 def test_unreadable_and_empty_images_are_skipped_and_the_run_goes_on(tiny_checkpoint, folder, tmp_path, capsys):

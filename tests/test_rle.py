@@ -522,3 +522,42 @@ def test_non_utf8_file_is_not_json(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(FormatError, match="is not a JSON file"):
         rle.read_coco(path)
+
+
+@pytest.mark.parametrize("shape, ids", [((30, 40), [3, 7, 12]), ((5, 6), []), ((1, 1), [1])])
+def test_strings_csv_round_trip_is_exact(tmp_path, shape, ids):
+    labels = np.zeros(shape, np.int32)
+    rng = np.random.default_rng(len(ids))
+    for object_id in ids:
+        labels[rng.random(shape) < 0.3] = object_id
+    path = rle.write_strings_csv(tmp_path / "objects.csv", labels)
+    back = rle.read_strings_csv(path)
+    assert back.shape == shape and back.dtype == np.int32
+    np.testing.assert_array_equal(back, labels)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the columns ['id', 'height', 'width', 'rle'] are missing"),
+        ("id,height,width,rle\n", "holds no rows, so the image size is unknown"),
+        ("id,height,width\n1,4,4\n", "the columns ['rle'] are missing"),
+        ("id,height,width,rle\n1,4,x,1 2\n", "line 2: id, height and width must be whole numbers"),
+        ("id,height,width,rle\n-1,4,4,1 2\n", "line 2: the id -1 is negative"),
+        ("id,height,width,rle\n1,4,4,1 2\n2,4,5,3 1\n", "the rows give different image sizes"),
+        ("id,height,width,rle\n1,4,4,1 2\n1,4,4,5 1\n", "object ids must be unique; repeated: [1]"),
+        ("id,height,width,rle\n1,4,4,1 2\n2,4,4,15 9\n", "line 3: start-length string: the run '15 9' ends at pixel 23"),
+        ("id,height,width,rle\n1,0,4,\n", "line 2: height, width: expected [height, width]"),
+    ],
+)
+def test_bad_strings_csv_files(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(FormatError, match=re.escape(message)):
+        rle.read_strings_csv(path)
+
+
+def test_overlapping_strings_keep_the_first_row(tmp_path):
+    path = tmp_path / "overlap.csv"
+    path.write_text("id,height,width,rle\n5,2,3,1 4\n9,2,3,3 4\n")
+    np.testing.assert_array_equal(rle.read_strings_csv(path), [[5, 5, 5], [5, 9, 9]])

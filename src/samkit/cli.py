@@ -219,6 +219,11 @@ def _import(args: argparse.Namespace) -> None:
     from .io import check_output_folder, write_mask
 
     check_output_folder(args.output)
+    if Path(args.input).suffix.lower() == ".csv":
+        labels = rle.read_strings_csv(args.input)
+        write_mask(args.output, labels)
+        print(f"{np.count_nonzero(np.unique(labels))} objects; wrote {args.output}")
+        return
     try:
         data = json.loads(Path(args.input).read_text())
     except (OSError, ValueError) as exc:
@@ -330,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("sa1b", "coco", "csv"), default="sa1b")
     export.set_defaults(run=_export)
 
-    importer = commands.add_parser("import", help="SA-1B or COCO RLE JSON to a label image (TIFF)")
-    importer.add_argument("input", help="JSON file (SA-1B per-image or COCO instances)")
+    importer = commands.add_parser("import", help="SA-1B or COCO RLE JSON, or RLE strings (CSV), to a label image (TIFF)")
+    importer.add_argument("input", help="JSON file (SA-1B per-image or COCO instances) or CSV of RLE strings")
     importer.add_argument("-o", "--output", required=True, help="label image to write (.tif)")
     importer.set_defaults(run=_import)
 

@@ -1,4 +1,4 @@
-"""Masks as run-length encodings, and SA-1B / COCO annotation files.
+"""Masks as run-length encodings, SA-1B / COCO annotation files, and CSV files of RLE strings.
 
 Encodings of a 2D mask (the encoders take any 2D bool or numeric array; non-zero is inside):
 
@@ -16,6 +16,7 @@ image), ``"segmentation"`` (a compressed COCO RLE) and any other annotation fiel
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -602,14 +603,69 @@ def read_coco(path: str | os.PathLike, image_id: int | None = None) -> tuple[np.
     return records_to_labels(_checked_unique(records, where), (height, width)), records
 
 
+_CSV_COLUMNS = ("id", "height", "width", "rle")
+_CSV_HINT = "a CSV of RLE strings has the columns id, height, width, rle (as write_strings_csv writes)"
+
+
 def write_strings_csv(path: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Write one 'start length' string per object of a label image: CSV columns id, height, width, rle."""
+    """Write one 'start length' string per object of a label image: CSV columns id, height, width, rle.
+
+    An image without objects gets one row of id 0 and an empty string, which keeps its size.
+    """
     labels = _as_labels(labels)
     path = Path(path)
+    height, width = labels.shape
+    ids = np.unique(labels[labels > 0])
     with atomic_output(path) as temporary, open(temporary, "x", encoding="utf-8") as file:
-        file.write("id,height,width,rle\n")
-        height, width = labels.shape
-        file.writelines(
-            f"{label},{height},{width},{encode_string(labels == label)}\n" for label in np.unique(labels[labels > 0])
-        )
+        file.write(",".join(_CSV_COLUMNS) + "\n")
+        if len(ids) == 0:
+            file.write(f"0,{height},{width},\n")
+        file.writelines(f"{label},{height},{width},{encode_string(labels == label)}\n" for label in ids)
     return path
+
+
+def read_strings_csv(path: str | os.PathLike) -> np.ndarray:
+    """The label image of a CSV of 'start length' strings (see `write_strings_csv`).
+
+    Rows of id 0 only give the image size. Where masks overlap, the first row covering a pixel
+    keeps it, as in `records_to_labels`.
+    """
+    where = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FormatError(f"{where}: cannot be read as a CSV file ({exc}).") from exc
+    missing = [name for name in _CSV_COLUMNS if name not in columns]
+    if missing:
+        raise FormatError(f"{where}: the columns {missing} are missing; {_CSV_HINT}.")
+    if not rows:
+        raise FormatError(f"{where}: holds no rows, so the image size is unknown; {_CSV_HINT}.")
+    parsed = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            object_id, height, width = int(row["id"]), int(row["height"]), int(row["width"])
+        except (TypeError, ValueError):
+            raise FormatError(f"{where}: line {i}: id, height and width must be whole numbers.") from None
+        if object_id < 0:
+            raise FormatError(f"{where}: line {i}: the id {object_id} is negative; ids are 0 (size only) or more.")
+        parsed.append((i, object_id, _shape([height, width], f"{where}: line {i}: height, width"), row["rle"] or ""))
+    sizes = {shape for _, _, shape, _ in parsed}
+    if len(sizes) > 1:
+        raise FormatError(f"{where}: the rows give different image sizes {sorted(sizes)}; one file holds one image.")
+    duplicates = sorted(i for i, n in Counter(object_id for _, object_id, _, _ in parsed if object_id).items() if n > 1)
+    if duplicates:
+        raise FormatError(f"{where}: object ids must be unique; repeated: {duplicates[:10]}.")
+    shape = sizes.pop()
+    labels = np.zeros(shape, dtype=_label_dtype(max(object_id for _, object_id, _, _ in parsed)))
+    for line, object_id, _, text in parsed:
+        if object_id == 0:
+            continue
+        try:
+            mask = decode_string(text, shape)
+        except FormatError as exc:
+            raise FormatError(f"{where}: line {line}: {exc}") from None
+        labels[mask & (labels == 0)] = object_id
+    return labels
