@@ -224,16 +224,21 @@ def _docked_with_gated_predictions(make_napari_viewer, qtbot, checkpoint):
     widget = _widget(viewer, qtbot, checkpoint)
     viewer.window.add_dock_widget(widget)
     _embed(widget, qtbot)
+    return viewer, widget, _gated_predictions(widget.segmenter)
+
+
+def _gated_predictions(segmenter) -> threading.Event:
+    """Make predictions wait until the test opens the returned gate."""
     gate = threading.Event()
-    real = widget.segmenter.compute_candidates
+    real = segmenter.compute_candidates
 
     def gated(*args, **kwargs):
         if not gate.wait(WAIT_MS / 1000):
             raise TimeoutError("the test never opened the gate")
         return real(*args, **kwargs)
 
-    widget.segmenter.compute_candidates = gated
-    return viewer, widget, gate
+    segmenter.compute_candidates = gated
+    return gate
 
 
 def _add_point(widget, position) -> None:
@@ -293,6 +298,23 @@ def test_a_failed_or_abandoned_prediction_lets_the_window_repaint(make_napari_vi
     widget.close()
     assert window.updatesEnabled()
     gate.set()
+
+
+def test_image_removed_while_a_prediction_runs(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(_image(), name="cells")
+    keep = viewer.add_labels(np.ones((96, 128), np.int32), name="my labels")
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    gate = _gated_predictions(widget.segmenter)
+    _add_point(widget, (40, 60))
+    assert widget.predict_job.running
+    viewer.layers.remove(image)
+    with qtbot.waitSignal(widget.predict_job.finished, timeout=WAIT_MS):
+        gate.set()
+    assert widget.segmenter.candidates is None and "'cells' was removed" in widget.status.text()
+    assert image not in viewer.layers and (keep.data == 1).all()
+    assert not viewer.layers[_layers.CANDIDATES].data.any()
 
 
 def test_interactive_workers_live_until_a_later_one_starts(qtbot):
@@ -393,6 +415,12 @@ def test_no_image_and_bad_model_give_notifications(make_napari_viewer, qtbot, ti
         widget.picker.load()
     widget.embed()
     assert any("no image layer" in note for note in notes)
+    notes.clear()
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    grid.run()
+    assert any("no image layer" in note for note in notes)
+    assert not grid.job and [layer.name for layer in viewer.layers] == []
     loaded = widget.segmenter.model
 
     bad = tmp_path / "broken.pth"

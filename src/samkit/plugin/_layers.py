@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels, Points, Shapes
 from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.colormaps.standardize_color import transform_color
 
 from ._plane import same_transform, spatial_shape
 
@@ -49,6 +50,7 @@ def points_layer(viewer: Any, image: Any) -> Points:
     """``samkit: points``: positive/negative clicks in the ``positive`` feature, coloured by sign."""
     layer = find(viewer, POINTS, Points)
     if layer is not None and _matches(layer, image):
+        layer.events.current_properties.connect(_new_points_positive)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -63,8 +65,29 @@ def points_layer(viewer: Any, image: Any) -> Points:
         size=max(4.0, min(spatial_shape(image)[-2:]) / 60),
         **same_transform(image),
     )
-    layer.current_face_color = POSITIVE_COLOR
+    keep_new_points_positive(layer)
+    layer.events.current_properties.connect(_new_points_positive)
     return viewer.add_layer(layer)
+
+
+def keep_new_points_positive(layer: Points) -> None:
+    """Make new points positive (and green), whichever points are selected.
+
+    napari makes the features and colour of the selected points those of new points, so after
+    a negative point was selected or flipped every new click would be negative.
+    """
+    # napari keeps the current colour as 8-bit hex.
+    colour = transform_color(layer.current_face_color)[0]
+    if bool(layer.feature_defaults["positive"].iloc[0]) and np.allclose(colour, POSITIVE_COLOR, atol=1 / 255):
+        return
+    with layer.block_update_properties():
+        # The colour first: setting the defaults announces them, which calls this again.
+        layer.current_face_color = POSITIVE_COLOR
+        layer.feature_defaults = {"positive": True}
+
+
+def _new_points_positive(event: Any) -> None:
+    keep_new_points_positive(event.source)
 
 
 def color_points(layer: Points) -> None:
@@ -79,8 +102,8 @@ def color_points(layer: Points) -> None:
     selected = set(layer.selected_data)
     layer.selected_data = set()
     layer.face_color = colors
-    layer.current_face_color = POSITIVE_COLOR
     layer.selected_data = selected
+    keep_new_points_positive(layer)
 
 
 def boxes_layer(viewer: Any, image: Any) -> Shapes:

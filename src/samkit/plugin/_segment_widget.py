@@ -58,6 +58,7 @@ class SegmentWidget(JobWidget):
         self._embed_again = False
         self._predict_again = False
         self._release_repaints: Callable[[], None] | None = None
+        # The request of the running embedding until its result arrives (the job runs a little longer).
         self._embed_request: Any = None
         self._last_problems: list[str] = []
         self._watched: weakref.WeakSet = weakref.WeakSet()
@@ -209,7 +210,7 @@ class SegmentWidget(JobWidget):
 
     def _removed(self, layer: Any) -> None:
         request = self._embed_request
-        if self.embed_job is not None and self.embed_job.running and request is not None and request.plane.layer is layer:
+        if request is not None and request.plane.layer is layer:
             self._embed_again = False
             self.embed_job.cancel()
             show_warning(f"Image {layer.name!r} was removed while it was being embedded: the embedding was stopped.")
@@ -292,6 +293,7 @@ class SegmentWidget(JobWidget):
         self.embed_job.start()
 
     def _embedded(self, request: Any, predictor: Any) -> None:
+        self._embed_request = None
         if not self.segmenter.install_embedding(request, predictor):
             if request.plane.layer in self.viewer.layers and request.data_changed:
                 show_info(f"The data of {request.plane.layer.name!r} changed while it was embedded: embedding it again.")
@@ -308,17 +310,18 @@ class SegmentWidget(JobWidget):
         self.schedule_predict()
 
     def _embed_finished(self) -> None:
+        undelivered, self._embed_request = self._embed_request is not None, None
         if self._embed_again:
             self._embed_again = False
             self.embed()
-        elif self.embed_job is not None and self.embed_job.cancelled:
+        elif undelivered and self.embed_job is not None and self.embed_job.cancelled:
             self.status.setText("Embedding cancelled.")
             self.progress.setValue(0)
 
     def cancel(self) -> None:
         """Stop the running embedding, propagation or model download."""
         self._embed_again = False
-        if self.embed_job is not None and self.embed_job.running:
+        if self._embed_request is not None:
             show_info("Embedding cancelled; nothing was changed.")
         for job in (self.embed_job, self.stack_job):
             if job is not None and job.running:
