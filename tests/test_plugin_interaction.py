@@ -386,3 +386,32 @@ def test_the_same_image_is_embedded_once_then_read_from_the_cache(
     _embed(other, qtbot)
     assert other_calls == [] and len(list(cache_folder.glob("*.npy"))) == 2
     assert torch.equal(other.segmenter.predictor.get_image_embedding(), first)
+
+
+def test_model_picker_lists_every_model_with_its_state(make_napari_viewer, qtbot, tiny_checkpoint):
+    from samkit import weights
+    from samkit.plugin._model_picker import CHOOSE_FILE, ModelPicker
+
+    segmenter = Segmenter(make_napari_viewer())
+    picker = ModelPicker(segmenter)
+    qtbot.addWidget(picker)
+    items = {picker.models.itemData(i): picker.models.itemText(i) for i in range(picker.models.count())}
+    assert set(weights.REGISTRY) | {None} == set(items) and items[None] == CHOOSE_FILE
+    assert items["samkit_tiny"] == "samkit_tiny (ships with samkit)"
+    assert items["sam_vit_b"] == f"sam_vit_b (download, {weights.entry('sam_vit_b').size / 1e6:.0f} MB)"
+    assert picker.models.currentData() == weights.default_model()[0]
+    assert picker.status.text() == "No model loaded"
+
+    downloaded = weights.model_path("sam_vit_b")
+    downloaded.parent.mkdir(parents=True, exist_ok=True)
+    downloaded.write_bytes(b"stands in for the checkpoint")
+    again = ModelPicker(segmenter)
+    qtbot.addWidget(again)
+    assert again.models.itemText(again.models.findData("sam_vit_b")) == "sam_vit_b (downloaded)"
+
+    again.add_file(tiny_checkpoint)
+    assert again.choice == str(tiny_checkpoint) and again.models.currentText() == Path(tiny_checkpoint).name
+    assert again.models.itemData(again.models.count() - 1) is None
+    with qtbot.waitSignal(picker.loaded, timeout=WAIT_MS):
+        again.load()
+    assert picker.status.text() == again.status.text() == f"Model: {Path(tiny_checkpoint).name} on cpu"
