@@ -595,6 +595,36 @@ def test_propagation_through_an_anisotropic_stack(make_napari_viewer, qtbot, tin
     assert objects.data.sum() == seed.sum()
 
 
+def test_stack_data_replaced_while_propagating_adds_nothing(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.stack([_image(64, 80) for _ in range(4)]), name="stack")
+    viewer.dims.set_current_step(0, 1)
+    widget = _widget(viewer, qtbot, tiny_checkpoint)
+    _embed(widget, qtbot)
+    _click(widget, qtbot, (1, 30, 40))
+    widget.commit()
+    objects = viewer.layers[_layers.OBJECTS]
+    committed = objects.data.copy()
+    real = widget.segmenter.compute_propagation
+    started, gate = threading.Event(), threading.Event()
+
+    def gated(request, progress=None, **options):
+        started.set()
+        gate.wait(10)
+        return real(request, progress, **options)
+
+    widget.segmenter.compute_propagation = gated
+    widget.iou_threshold.setValue(0.0)
+    widget.propagate()
+    assert started.wait(10)
+    image.data = image.data[:, ::-1].copy()
+    gate.set()
+    qtbot.waitUntil(lambda: not widget.stack_job.running, timeout=WAIT_MS)
+    message = "The data of 'stack' changed while propagating: nothing was added"
+    assert any(message in note for note in notes) and message in widget.status.text()
+    np.testing.assert_array_equal(objects.data, committed)
+
+
 def test_propagation_needs_a_stack_and_objects(make_napari_viewer, qtbot, tiny_checkpoint, notes):
     viewer = make_napari_viewer()
     viewer.add_image(_image())

@@ -359,10 +359,12 @@ class SegmentWidget(JobWidget):
         self.stack_job.start()
 
     def _propagated(self, request: Any, result: Any) -> None:
-        if request.plane.layer not in self.viewer.layers:
-            show_warning("The image was removed while propagating: nothing was added.")
+        try:
+            added = self.segmenter.show_propagation(request, result)
+        except SamkitError as error:
+            show_error(str(error))
+            self.status.setText(str(error))
             return
-        added = self.segmenter.show_propagation(request, result)
         self.status.setText(
             f"Added {added:,} voxels to '{_layers.OBJECTS}' (U undoes it). " + "; ".join(str(s) for s in result.stops)
         )

@@ -82,6 +82,7 @@ class StackRequest:
     contrast_limits: tuple[float, float] | None
     seeds: dict[int, dict[int, np.ndarray]]
     rgb: bool
+    data_id: int
 
 
 @dataclass(frozen=True)
@@ -582,7 +583,7 @@ class Segmenter:
                     seeds.setdefault(int(object_id), {})[z] = labels[z] == object_id
         layer = plane.layer
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        return StackRequest(plane, plane.volume(data), _contrast_limits(layer), seeds, bool(layer.rgb))
+        return StackRequest(plane, plane.volume(data), _contrast_limits(layer), seeds, bool(layer.rgb), id(layer.data))
 
     def compute_propagation(
         self, request: StackRequest, progress: Progress | None = None, cancel: Any = None, **options: Any
@@ -596,7 +597,12 @@ class Segmenter:
 
     def show_propagation(self, request: StackRequest, result: PropagationResult) -> int:
         """Write the followed objects into ``samkit: objects`` where it is empty (one undo); returns voxels added."""
-        objects = _layers.objects_layer(self.viewer, request.plane.layer)
+        image = request.plane.layer
+        if image not in self.viewer.layers:
+            raise NoImageError(f"The image {image.name!r} was removed while propagating: nothing was added.")
+        if id(image.data) != request.data_id:
+            raise NoImageError(f"The data of {image.name!r} changed while propagating: nothing was added; propagate again.")
+        objects = _layers.objects_layer(self.viewer, image)
         current = np.asarray(request.plane.volume(objects.data))
         where = np.nonzero((result.labels > 0) & (current == 0))
         if where[0].size == 0:
