@@ -717,12 +717,11 @@ def test_evaluate_widget_reports_miou_and_saves_the_table(make_napari_viewer, qt
     assert len(rows) == 1 + len(np.unique(truth)) - 1
 
 
-def test_cancel_in_the_middle_of_grid_mode_changes_nothing(make_napari_viewer, qtbot, tiny_checkpoint):
-    viewer = make_napari_viewer()
-    viewer.add_image(_image())
+def _grid_with_gated_runs(viewer, qtbot, checkpoint) -> tuple[GridWidget, threading.Event, threading.Event]:
+    """A Grid widget with the model loaded whose runs (4 points per side) wait for the gate."""
     grid = GridWidget(viewer)
     qtbot.addWidget(grid)
-    grid.picker.add_file(tiny_checkpoint)
+    grid.picker.add_file(checkpoint)
     grid.picker.device.setCurrentText("cpu")
     with qtbot.waitSignal(grid.picker.loaded, timeout=WAIT_MS):
         grid.picker.load()
@@ -736,6 +735,13 @@ def test_cancel_in_the_middle_of_grid_mode_changes_nothing(make_napari_viewer, q
         return real(request, {**params, "points_per_side": 4}, progress, cancel)
 
     grid.segmenter.compute_grid = gated
+    return grid, started, gate
+
+
+def test_cancel_in_the_middle_of_grid_mode_changes_nothing(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image())
+    grid, started, gate = _grid_with_gated_runs(viewer, qtbot, tiny_checkpoint)
     with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
         grid.run()
         assert started.wait(10)
@@ -749,21 +755,7 @@ def test_image_changed_or_removed_while_grid_mode_runs(make_napari_viewer, qtbot
     viewer = make_napari_viewer()
     image = viewer.add_image(_image(), name="cells")
     keep = viewer.add_labels(np.ones((96, 128), np.int32), name="my labels")
-    grid = GridWidget(viewer)
-    qtbot.addWidget(grid)
-    grid.picker.add_file(tiny_checkpoint)
-    grid.picker.device.setCurrentText("cpu")
-    with qtbot.waitSignal(grid.picker.loaded, timeout=WAIT_MS):
-        grid.picker.load()
-    real = grid.segmenter.compute_grid
-    started, gate = threading.Event(), threading.Event()
-
-    def gated(request, params, progress=None, cancel=None):
-        started.set()
-        gate.wait(10)
-        return real(request, {**params, "points_per_side": 4}, progress, cancel)
-
-    grid.segmenter.compute_grid = gated
+    grid, started, gate = _grid_with_gated_runs(viewer, qtbot, tiny_checkpoint)
     viewer.layers.selection.active = image
     for change, message in (
         (lambda: setattr(image, "data", _image(64, 80)), "The data of 'cells' changed while grid mode ran"),
