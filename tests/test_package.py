@@ -21,8 +21,9 @@ def test_manifest_is_valid_and_found_through_the_entry_point():
 
 def test_core_imports_neither_napari_nor_qt():
     code = (
-        "import sys, samkit, samkit.cache, samkit.weights, samkit.rle, samkit.cli; "
-        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'magicgui') if m in sys.modules]; "
+        "import sys, samkit, samkit.cache, samkit.weights, samkit.rle, samkit.cli, samkit.predictor, "
+        "samkit.automatic, samkit.volume, samkit.propagate, samkit.evaluate, samkit.train; "
+        "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
