@@ -545,7 +545,7 @@ def test_strings_csv_round_trip_is_exact(tmp_path, shape, ids):
         ("id,height,width,rle\n1,4,x,1 2\n", "line 2: id, height and width must be whole numbers"),
         ("id,height,width,rle\n-1,4,4,1 2\n", "line 2: the id -1 is negative"),
         ("id,height,width,rle\n1,4,4,1 2\n2,4,5,3 1\n", "the rows give different image sizes"),
-        ("id,height,width,rle\n1,4,4,1 2\n1,4,4,5 1\n", "object ids must be unique; repeated: [1]"),
+        ("id,height,width,rle\n1,4,4,1 2\n1,4,4,5 1\n", "ids must be unique; repeated: [1]"),
         ("id,height,width,rle\n1,4,4,1 2\n2,4,4,15 9\n", "line 3: start-length string: the run '15 9' ends at pixel 23"),
         ("id,height,width,rle\n1,0,4,\n", "line 2: height, width: expected [height, width]"),
     ],

@@ -628,7 +628,7 @@ def read_strings_csv(path: str | os.PathLike) -> np.ndarray:
     """The label image of a CSV of 'start length' strings (see `write_strings_csv`).
 
     Rows of id 0 only give the image size. Where masks overlap, the first row covering a pixel
-    keeps it, as in `records_to_labels`.
+    keeps it (`records_to_labels`).
     """
     where = str(path)
     try:
@@ -655,17 +655,12 @@ def read_strings_csv(path: str | os.PathLike) -> np.ndarray:
     sizes = {shape for _, _, shape, _ in parsed}
     if len(sizes) > 1:
         raise FormatError(f"{where}: the rows give different image sizes {sorted(sizes)}; one file holds one image.")
-    duplicates = sorted(i for i, n in Counter(object_id for _, object_id, _, _ in parsed if object_id).items() if n > 1)
-    if duplicates:
-        raise FormatError(f"{where}: object ids must be unique; repeated: {duplicates[:10]}.")
     shape = sizes.pop()
-    labels = np.zeros(shape, dtype=_label_dtype(max(object_id for _, object_id, _, _ in parsed)))
+    records = []
     for line, object_id, _, text in parsed:
-        if object_id == 0:
-            continue
-        try:
-            mask = decode_string(text, shape)
-        except FormatError as exc:
-            raise FormatError(f"{where}: line {line}: {exc}") from None
-        labels[mask & (labels == 0)] = object_id
-    return labels
+        if object_id:
+            try:
+                records.append({"id": object_id, "segmentation": decode_string(text, shape)})
+            except FormatError as exc:
+                raise FormatError(f"{where}: line {line}: {exc}") from None
+    return records_to_labels(_checked_unique(records, where), shape)
