@@ -489,7 +489,7 @@ def test_new_image_data_or_another_image_is_embedded_again(make_napari_viewer, q
     _embed(widget, qtbot)
     with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
         image.data = _image()[::-1].copy()
-    assert widget.segmenter.embedded.data_id == id(image.data)
+    assert widget.segmenter.embedded.plane.data_id == id(image.data)
     second = viewer.add_image(_image(64, 80), name="second")
     with qtbot.waitSignal(widget.embedded, timeout=WAIT_MS):
         viewer.layers.selection.active = second
@@ -503,7 +503,7 @@ def test_new_image_data_or_another_image_is_embedded_again(make_napari_viewer, q
         assert started.wait(10)
         second.data = _image(64, 80)[:, ::-1].copy()
         gate.set()
-    assert widget.segmenter.embedded.data_id == id(second.data)
+    assert widget.segmenter.embedded.plane.data_id == id(second.data)
     assert any("'second' changed while it was embedded" in note for note in notes)
 
 

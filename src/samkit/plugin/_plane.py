@@ -7,7 +7,7 @@ spans ``[i, i + 1)``. A napari pixel ``i`` is centred on ``i``, so ``sam = napar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,13 @@ class Plane:
     layer: Any
     axes: tuple[int, int]
     index: tuple[tuple[int, int], ...]
+    # The array the plane was read from: setting a layer's data replaces it.
+    data_id: int = field(compare=False)
+
+    @property
+    def data_replaced(self) -> bool:
+        """Whether the layer's data was replaced since the plane was read."""
+        return id(self.layer.data) != self.data_id
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -149,7 +156,7 @@ def plane_in_view(viewer: Any, layer: Any) -> Plane:
                 f"which has {shape[axis]} slices there: move the slider onto the image."
             )
         index.append((axis, i))
-    return Plane(layer, (displayed[0], displayed[1]), tuple(index))
+    return Plane(layer, (displayed[0], displayed[1]), tuple(index), id(layer.data))
 
 
 def same_transform(layer: Any) -> dict[str, Sequence]:

@@ -295,7 +295,7 @@ class SegmentWidget(JobWidget):
     def _embedded(self, request: Any, predictor: Any) -> None:
         self._embed_request = None
         if not self.segmenter.install_embedding(request, predictor):
-            if request.plane.layer in self.viewer.layers and request.data_changed:
+            if request.plane.layer in self.viewer.layers and request.plane.data_replaced:
                 show_info(f"The data of {request.plane.layer.name!r} changed while it was embedded: embedding it again.")
                 self._embed_again = True
             else:

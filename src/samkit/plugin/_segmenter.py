@@ -47,12 +47,6 @@ class EmbedRequest:
     pixels: np.ndarray
     contrast_limits: tuple[float, float] | None
     key: tuple
-    data_id: int
-
-    @property
-    def data_changed(self) -> bool:
-        """Whether the layer's data was replaced since the request was read."""
-        return id(self.plane.layer.data) != self.data_id
 
 
 @dataclass
@@ -82,7 +76,6 @@ class StackRequest:
     contrast_limits: tuple[float, float] | None
     seeds: dict[int, dict[int, np.ndarray]]
     rgb: bool
-    data_id: int
 
 
 @dataclass(frozen=True)
@@ -92,7 +85,6 @@ class GridResult:
     plane: Plane
     labels: np.ndarray
     table: dict[str, np.ndarray]
-    request: EmbedRequest
 
 
 def outlines(inside: np.ndarray) -> np.ndarray:
@@ -218,12 +210,12 @@ class Segmenter:
         layer = self.image_layer
         plane = plane_in_view(self.viewer, layer)
         limits = _contrast_limits(layer)
-        return plane, limits, (id(layer), id(layer.data), plane.axes, plane.index, limits, id(model), self.precision)
+        return plane, limits, (id(layer), plane.data_id, plane.axes, plane.index, limits, id(model), self.precision)
 
     def embed_request(self) -> EmbedRequest:
         """What to embed for the plane in view (GUI thread)."""
         plane, limits, key = self._view()
-        return EmbedRequest(plane, plane.image(), limits, key, id(plane.layer.data))
+        return EmbedRequest(plane, plane.image(), limits, key)
 
     @property
     def needs_embedding(self) -> bool:
@@ -250,7 +242,7 @@ class Segmenter:
     def install_embedding(self, request: EmbedRequest, predictor: Predictor) -> bool:
         """Use a computed embedding if its image is still there, with the same data, and the model
         is the same (GUI thread)."""
-        if request.plane.layer not in self.viewer.layers or request.data_changed or predictor.model is not self.model:
+        if request.plane.layer not in self.viewer.layers or request.plane.data_replaced or predictor.model is not self.model:
             return False
         self.predictor = predictor
         self.embedded = request
@@ -493,17 +485,12 @@ class Segmenter:
         generator.predictor.cache = self.cache
         records = generator.generate(request.pixels, cancel, contrast_limits=request.contrast_limits)
         labels, table = masks_to_labels(records, request.plane.shape)
-        return GridResult(request.plane, labels, table, request)
+        return GridResult(request.plane, labels, table)
 
     def show_grid(self, result: GridResult) -> Labels:
         """Write grid mode's labels into ``samkit: auto`` (the plane in view) with its table as features."""
+        self._require_unchanged(result.plane, "grid mode ran")
         image = result.plane.layer
-        if image not in self.viewer.layers:
-            raise NoImageError(f"The image {image.name!r} was removed while grid mode ran: nothing was added.")
-        if result.request.data_changed:
-            raise NoImageError(
-                f"The data of {image.name!r} changed while grid mode ran: nothing was added; run grid mode again."
-            )
         layer = _layers.labels_layer(self.viewer, image, _layers.AUTO, np.int32, opacity=0.5)
         others = layer.data.copy()
         result.plane.write(others, np.zeros(result.plane.shape, np.int32))
@@ -583,7 +570,7 @@ class Segmenter:
                     seeds.setdefault(int(object_id), {})[z] = labels[z] == object_id
         layer = plane.layer
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        return StackRequest(plane, plane.volume(data), _contrast_limits(layer), seeds, bool(layer.rgb), id(layer.data))
+        return StackRequest(plane, plane.volume(data), _contrast_limits(layer), seeds, bool(layer.rgb))
 
     def compute_propagation(
         self, request: StackRequest, progress: Progress | None = None, cancel: Any = None, **options: Any
@@ -597,18 +584,22 @@ class Segmenter:
 
     def show_propagation(self, request: StackRequest, result: PropagationResult) -> int:
         """Write the followed objects into ``samkit: objects`` where it is empty (one undo); returns voxels added."""
-        image = request.plane.layer
-        if image not in self.viewer.layers:
-            raise NoImageError(f"The image {image.name!r} was removed while propagating: nothing was added.")
-        if id(image.data) != request.data_id:
-            raise NoImageError(f"The data of {image.name!r} changed while propagating: nothing was added; propagate again.")
-        objects = _layers.objects_layer(self.viewer, image)
+        self._require_unchanged(request.plane, "propagating")
+        objects = _layers.objects_layer(self.viewer, request.plane.layer)
         current = np.asarray(request.plane.volume(objects.data))
         where = np.nonzero((result.labels > 0) & (current == 0))
         if where[0].size == 0:
             return 0
         objects.data_setitem(request.plane.volume_indices(where), result.labels[where].astype(objects.data.dtype))
         return int(where[0].size)
+
+    def _require_unchanged(self, plane: Plane, doing: str) -> None:
+        """Refuse a result whose image was removed, or its data replaced, while ``doing``."""
+        image = plane.layer
+        if image not in self.viewer.layers:
+            raise NoImageError(f"The image {image.name!r} was removed while {doing}: nothing was added.")
+        if plane.data_replaced:
+            raise NoImageError(f"The data of {image.name!r} changed while {doing}: nothing was added; start it again.")
 
     def propagate(self, ids: Sequence[int] | None = None, progress: Progress | None = None, **options: Any) -> int:
         """Follow objects of ``samkit: objects`` through the stack in view (on this thread); voxels added."""
