@@ -11,6 +11,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.colormaps.standardize_color import transform_color
 
 from ._plane import same_transform, spatial_shape
+from ._screen_size import keep_screen_size
 
 POINTS = "samkit: points"
 BOXES = "samkit: boxes"
@@ -62,11 +63,11 @@ def points_layer(viewer: Any, image: Any) -> Points:
         face_color=POSITIVE_COLOR,
         border_color="white",
         border_width=0.15,
-        size=max(4.0, min(spatial_shape(image)[-2:]) / 60),
         **same_transform(image),
     )
     keep_new_points_positive(layer)
     layer.events.current_properties.connect(_new_points_positive)
+    keep_screen_size(viewer, layer)
     return viewer.add_layer(layer)
 
 
@@ -118,9 +119,9 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
         name=BOXES,
         edge_color="#00e5ff",
         face_color="transparent",
-        edge_width=max(1.0, min(spatial_shape(image)[-2:]) / 300),
         **same_transform(image),
     )
+    keep_screen_size(viewer, layer)
     return viewer.add_layer(layer)
 
 
