@@ -22,7 +22,9 @@ AUTO = "samkit: auto"
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
-CANDIDATE_COLORS = {None: "transparent", 0: "transparent", 1: "#ffd700", 2: "#00bfff", 3: "#ff4500"}
+# Each candidate's outline has its own colour, none of them the chosen mask's fill, the box edges' or the points'.
+CANDIDATE_COLORS = {None: "transparent", 0: "transparent", 1: "#ff4500", 2: "#1e90ff", 3: "#b266ff"}
+CURRENT_COLOR = "#ffd700"
 
 
 def find(viewer: Any, name: str, kind: type) -> Any | None:
@@ -175,7 +177,7 @@ def current_layer(viewer: Any, image: Any) -> Labels:
         image,
         CURRENT,
         np.uint8,
-        lambda: DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "#ffd700"}),
+        lambda: DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: CURRENT_COLOR}),
         opacity=0.45,
     )
 

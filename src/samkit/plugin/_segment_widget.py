@@ -10,6 +10,7 @@ import numpy as np
 from napari.layers import Image, Points, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -41,6 +42,13 @@ THUMBNAIL_DELAY_MS = 300
 # The longest a live prediction holds back the window's repaints (see ``_repaint_hold``).
 REPAINT_HOLD_MS = 150
 EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
+
+
+def _swatch(color: str) -> QIcon:
+    """A small square of ``color``, to match a candidate's row to its outline."""
+    pixmap = QPixmap(12, 12)
+    pixmap.fill(QColor(color))
+    return QIcon(pixmap)
 
 
 class SegmentWidget(JobWidget):
@@ -92,12 +100,30 @@ class SegmentWidget(JobWidget):
         grid = QGridLayout(candidates)
         for i in range(3):
             row = QRadioButton(f"{i + 1}: -")
-            row.setToolTip(f"Choose candidate {i + 1} (key {i + 1})")
+            row.setToolTip(f"Choose candidate {i + 1} (key {i + 1}); its outline has this colour")
+            row.setIcon(_swatch(_layers.CANDIDATE_COLORS[i + 1]))
             row.setEnabled(False)
             self.choices.addButton(row, i)
-            grid.addWidget(row, i, 0)
+            grid.addWidget(row, i, 0, 1, 2)
             self.rows.append(row)
         self.choices.idClicked.connect(self.choose)
+        self.best_only = QCheckBox("Best mask only (Shift+B)")
+        self.best_only.setToolTip(
+            "Show and offer only the candidate with the highest predicted IoU, as micro-sam does (Shift+B)"
+        )
+        self.best_only.toggled.connect(self._candidate_display_changed)
+        self.min_iou = QDoubleSpinBox()
+        self.min_iou.setRange(0.0, 1.0)
+        self.min_iou.setSingleStep(0.05)
+        self.min_iou.setValue(self.segmenter.min_iou)
+        self.min_iou.setToolTip(
+            "Candidates whose predicted IoU is below this are neither outlined nor offered; "
+            "the best one always is (0 shows all)"
+        )
+        self.min_iou.valueChanged.connect(self._candidate_display_changed)
+        grid.addWidget(self.best_only, 3, 0, 1, 2)
+        grid.addWidget(QLabel("Hide candidates with IoU below"), 4, 0)
+        grid.addWidget(self.min_iou, 4, 1)
 
         self.overwrite = QCheckBox("Overwrite existing objects")
         self.overwrite.setToolTip("Off: a commit never changes pixels of objects already in 'samkit: objects'")
@@ -163,6 +189,7 @@ class SegmentWidget(JobWidget):
             "X": self.clear,
             "T": self.toggle_sign,
             "U": self.undo,
+            "Shift-B": self.best_only.toggle,
             "Shift-E": self.embed,
             "Shift-P": self.propagate,
             "Shift-S": self.export,
@@ -457,6 +484,10 @@ class SegmentWidget(JobWidget):
             self._predict_again = False
             self._predict(hold=False)
 
+    def _candidate_display_changed(self, value: Any = None) -> None:
+        self.segmenter.set_candidate_display(best_only=self.best_only.isChecked(), min_iou=self.min_iou.value())
+        self._update_rows(self.segmenter.candidates)
+
     def _update_rows(self, candidates: Candidates | None) -> None:
         for i, row in enumerate(self.rows):
             if candidates is None or i >= len(candidates.masks):
@@ -464,10 +495,12 @@ class SegmentWidget(JobWidget):
                 row.setEnabled(False)
                 continue
             area = np.count_nonzero(candidates.masks[i])
+            shown = i in candidates.shown
             row.setText(
                 f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"
+                + ("" if shown else "   (hidden)")
             )
-            row.setEnabled(True)
+            row.setEnabled(shown)
         if candidates is not None:
             self.rows[candidates.chosen].setChecked(True)
 

@@ -37,6 +37,9 @@ from ._prompts import Prompt, prompt_from_layers
 
 # The logit offset of the stability score shown beside each candidate (SAM's default).
 STABILITY_OFFSET = GENERATOR_OPTIONS["stability_score_offset"][1]
+# Candidates predicted to overlap their object less than this are not shown (samkit_tiny's
+# whole-image lattice scores about 0.01); the best candidate always is.
+DEFAULT_MIN_IOU = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ class EmbedRequest:
 class Candidates:
     """SAM's answer to one prompt: masks (C, H, W), predicted IoU, stability, low-res logits.
 
-    ``outlines`` (H, W) holds candidate ``i``'s outline as ``i + 1`` (smaller masks drawn last).
+    ``edges`` (H, W) has bit ``i`` set on candidate ``i``'s outline; ``outlines`` (H, W) holds the
+    outline of each shown candidate ``i`` as ``i + 1`` (smaller masks drawn last).
     """
 
     masks: np.ndarray
@@ -65,6 +69,8 @@ class Candidates:
     key: tuple
     chosen: int = 0
     outlines: np.ndarray | None = None
+    edges: np.ndarray | None = None
+    shown: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,24 +93,39 @@ class GridResult:
     table: dict[str, np.ndarray]
 
 
-def outlines(inside: np.ndarray) -> np.ndarray:
-    """Outlines of the masks ``inside`` (C, H, W), C <= 8, as one label image (H, W) uint8.
+def outline_bits(inside: np.ndarray) -> np.ndarray:
+    """The outlines of the masks ``inside`` (C, H, W), C <= 8, as the bits of one (H, W) uint8 image.
 
-    A mask's outline is its pixels that touch its background (4-neighbourhood; the image edge
-    counts). Each outline pixel holds 1 + the index of the smallest mask whose outline it is on
-    (smaller masks are drawn over larger ones); every other pixel is 0. All masks are handled in
-    one pass, as the bits of one uint8 image.
+    Bit ``i`` is set on mask ``i``'s outline: its pixels that touch its background
+    (4-neighbourhood; the image edge counts). All masks are handled in one pass.
     """
     bits = np.zeros(inside.shape[1:], np.uint8)
     for i, mask in enumerate(inside):
         bits |= mask.view(np.uint8) << i
     padded = np.pad(bits, 1)
     core = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    largest_first = np.argsort([-np.count_nonzero(mask) for mask in inside], kind="stable")
-    label_of = np.zeros(1 << len(inside), np.uint8)
+    return bits & ~core
+
+
+def outline_labels(bits: np.ndarray, areas: Sequence[int], shown: Sequence[int]) -> np.ndarray:
+    """The outlines in ``bits`` (from :func:`outline_bits`) of the masks ``shown``, as one label image.
+
+    Each outline pixel holds 1 + the index of the smallest shown mask (by ``areas``) whose outline
+    it is on, so smaller masks are drawn over larger ones; every other pixel is 0.
+    """
+    largest_first = [i for i in np.argsort([-a for a in areas], kind="stable") if i in shown]
+    label_of = np.zeros(1 << len(areas), np.uint8)
     for code in range(1, len(label_of)):
-        label_of[code] = 1 + [i for i in largest_first if code >> i & 1][-1]
-    return label_of[bits & ~core]
+        on = [i for i in largest_first if code >> i & 1]
+        label_of[code] = 1 + on[-1] if on else 0
+    return label_of[bits]
+
+
+def outlines(inside: np.ndarray) -> np.ndarray:
+    """Outlines of all the masks ``inside`` (C, H, W), C <= 8, as one label image (H, W) uint8: see
+    :func:`outline_labels`."""
+    areas = [int(np.count_nonzero(mask)) for mask in inside]
+    return outline_labels(outline_bits(inside), areas, range(len(inside)))
 
 
 def _contrast_limits(layer: Image) -> tuple[float, float] | None:
@@ -144,6 +165,8 @@ class Segmenter:
         self.embedded: EmbedRequest | None = None
         self.candidates: Candidates | None = None
         self.grid: GridResult | None = None
+        self.best_only = False
+        self.min_iou = DEFAULT_MIN_IOU
         self._image = image
         self._shown_plane: Plane | None = None
         if model is not None:
@@ -350,9 +373,40 @@ class Segmenter:
         inside = logits > threshold
         masks = np.zeros((len(inside), *predictor.original_size), dtype=bool)
         masks[:, rows, cols] = inside
+        areas = [int(np.count_nonzero(mask)) for mask in inside]
+        shown = self.shown_candidates(iou)
+        edges = np.zeros(predictor.original_size, dtype=np.uint8)
+        edges[rows, cols] = outline_bits(inside)
         drawn = np.zeros(predictor.original_size, dtype=np.uint8)
-        drawn[rows, cols] = outlines(inside)
-        return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), drawn)
+        drawn[rows, cols] = outline_labels(edges[rows, cols], areas, shown)
+        best = int(np.argmax(iou))
+        return Candidates(masks, iou, stability, low_res, prompt, plane, key, best, drawn, edges, shown)
+
+    def shown_candidates(self, iou: Sequence[float]) -> tuple[int, ...]:
+        """The candidates to show and offer, of ones with predicted ``iou``: the best only
+        (``best_only``), else those scoring at least ``min_iou``; the best always."""
+        best = int(np.argmax(iou))
+        if self.best_only:
+            return (best,)
+        return tuple(i for i, value in enumerate(iou) if value >= self.min_iou or i == best)
+
+    def set_candidate_display(self, best_only: bool | None = None, min_iou: float | None = None) -> None:
+        """Show the best candidate only, or those with a predicted IoU of at least ``min_iou``
+        (0 shows all); the candidates on view are redrawn."""
+        if min_iou is not None:
+            if not 0.0 <= float(min_iou) <= 1.0:
+                raise ParameterError(f"min_iou is a predicted IoU between 0 and 1, not {min_iou!r}.")
+            self.min_iou = float(min_iou)
+        if best_only is not None:
+            self.best_only = bool(best_only)
+        found = self.candidates
+        if found is None or found.edges is None:
+            return
+        found.shown = self.shown_candidates(found.iou)
+        found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], found.shown)
+        if found.chosen not in found.shown:
+            found.chosen = int(np.argmax(found.iou))
+        self.show(found)
 
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
         """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``.
@@ -416,6 +470,14 @@ class Segmenter:
             raise PromptError(
                 f"There are {len(self.candidates.masks)} candidate(s); choose 1 to {len(self.candidates.masks)}."
             )
+        if index not in self.candidates.shown:
+            reason = (
+                "'Best mask only' is on (Shift+B turns it off)"
+                if self.best_only
+                else f"its predicted IoU {self.candidates.iou[index]:.3f} is below {self.min_iou:g} "
+                "(lower 'Hide candidates with IoU below' to offer it)"
+            )
+            raise PromptError(f"Candidate {index + 1} is hidden: {reason}.")
         self.candidates.chosen = index
         self.show(self.candidates)
 
