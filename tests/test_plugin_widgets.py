@@ -102,9 +102,8 @@ def test_embed_point_choose_commit_negative_box_undo(make_napari_viewer, qtbot, 
     assert found.chosen == int(np.argmax(found.iou))
     outlines = viewer.layers[_layers.CANDIDATES].data
     assert outlines.shape == (96, 128) and set(np.unique(outlines)) <= {0, 1, 2, 3}
-    assert [row.isEnabled() for row in widget.rows] == [i in found.shown for i in range(3)]
+    assert all(row.isEnabled() for row in widget.rows)
 
-    widget.min_iou.setValue(0.0)
     _press(viewer, "2")
     assert segmenter.candidates.chosen == 1
     current = viewer.layers[_layers.CURRENT].data

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QRadioButton,
+    QSpinBox,
     QVBoxLayout,
 )
 
@@ -117,7 +118,7 @@ class SegmentWidget(JobWidget):
         self.min_iou.setSingleStep(0.05)
         self.min_iou.setValue(self.segmenter.min_iou)
         self.min_iou.setToolTip(
-            "Candidates whose predicted IoU is below this are neither outlined nor offered; "
+            "Candidates whose predicted IoU is below this are not outlined (their keys still choose them); "
             "the best one always is (0 shows all)"
         )
         self.min_iou.valueChanged.connect(self._candidate_display_changed)
@@ -127,6 +128,16 @@ class SegmentWidget(JobWidget):
 
         self.overwrite = QCheckBox("Overwrite existing objects")
         self.overwrite.setToolTip("Off: a commit never changes pixels of objects already in 'samkit: objects'")
+        self.min_region = QSpinBox()
+        self.min_region.setRange(0, 1_000_000)
+        self.min_region.setSingleStep(10)
+        self.min_region.setSuffix(" px")
+        self.min_region.setSpecialValueText("off")
+        self.min_region.setToolTip(
+            "A commit fills holes and drops islands of the mask smaller than this many pixels, "
+            "as SAM's own post-processing does (off: the mask is committed as predicted)"
+        )
+        self.min_region.valueChanged.connect(self._min_region_changed)
         prompts = QHBoxLayout()
         prompts.addWidget(button("Toggle sign", "T", "Make the selected points negative/positive", self.toggle_sign))
         prompts.addWidget(button("Clear", "X", "Remove all prompts", self.clear))
@@ -174,6 +185,10 @@ class SegmentWidget(JobWidget):
         layout.addLayout(prompts)
         layout.addWidget(candidates)
         layout.addWidget(self.overwrite)
+        cleanup = QHBoxLayout()
+        cleanup.addWidget(QLabel("Remove islands and holes below"))
+        cleanup.addWidget(self.min_region)
+        layout.addLayout(cleanup)
         layout.addLayout(objects)
         layout.addWidget(stack)
         layout.addWidget(export)
@@ -484,6 +499,9 @@ class SegmentWidget(JobWidget):
             self._predict_again = False
             self._predict(hold=False)
 
+    def _min_region_changed(self, value: int) -> None:
+        self.segmenter.min_region_area = int(value)
+
     def _candidate_display_changed(self, value: Any = None) -> None:
         self.segmenter.set_candidate_display(best_only=self.best_only.isChecked(), min_iou=self.min_iou.value())
         self._update_rows(self.segmenter.candidates)
@@ -500,7 +518,7 @@ class SegmentWidget(JobWidget):
                 f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"
                 + ("" if shown else "   (hidden)")
             )
-            row.setEnabled(shown)
+            row.setEnabled(shown or not self.segmenter.best_only)
         if candidates is not None:
             self.rows[candidates.chosen].setChecked(True)
 

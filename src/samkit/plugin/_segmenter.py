@@ -21,7 +21,13 @@ from napari.utils.events import EmitterGroup, Event
 from napari.utils.notifications import show_warning
 
 from .. import medical, rle
-from ..automatic import GENERATOR_OPTIONS, AutomaticMaskGenerator, masks_to_labels, stability_score
+from ..automatic import (
+    GENERATOR_OPTIONS,
+    AutomaticMaskGenerator,
+    masks_to_labels,
+    remove_small_regions,
+    stability_score,
+)
 from ..cache import EmbeddingCache
 from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
@@ -128,6 +134,15 @@ def outlines(inside: np.ndarray) -> np.ndarray:
     return outline_labels(outline_bits(inside), areas, range(len(inside)))
 
 
+def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """``mask`` with its holes, then its islands, of fewer than ``min_area`` pixels removed (SAM's order)."""
+    if min_area <= 0:
+        return mask
+    for mode in ("holes", "islands"):
+        mask, _ = remove_small_regions(mask, min_area, mode)
+    return mask
+
+
 def _contrast_limits(layer: Image) -> tuple[float, float] | None:
     limits = tuple(float(v) for v in layer.contrast_limits)
     if layer.rgb and np.dtype(layer.dtype) == np.uint8 and limits == (0.0, 255.0):
@@ -167,6 +182,8 @@ class Segmenter:
         self.grid: GridResult | None = None
         self.best_only = False
         self.min_iou = DEFAULT_MIN_IOU
+        # Committed masks lose islands and holes smaller than this many pixels (0: kept as predicted).
+        self.min_region_area = 0
         self._image = image
         self._shown_plane: Plane | None = None
         if model is not None:
@@ -382,13 +399,13 @@ class Segmenter:
         best = int(np.argmax(iou))
         return Candidates(masks, iou, stability, low_res, prompt, plane, key, best, drawn, edges, shown)
 
-    def shown_candidates(self, iou: Sequence[float]) -> tuple[int, ...]:
-        """The candidates to show and offer, of ones with predicted ``iou``: the best only
-        (``best_only``), else those scoring at least ``min_iou``; the best always."""
+    def shown_candidates(self, iou: Sequence[float], chosen: int | None = None) -> tuple[int, ...]:
+        """The candidates to outline, of ones with predicted ``iou``: the best only (``best_only``),
+        else those scoring at least ``min_iou``; the best and the ``chosen`` one always."""
         best = int(np.argmax(iou))
         if self.best_only:
             return (best,)
-        return tuple(i for i, value in enumerate(iou) if value >= self.min_iou or i == best)
+        return tuple(i for i, value in enumerate(iou) if value >= self.min_iou or i in (best, chosen))
 
     def set_candidate_display(self, best_only: bool | None = None, min_iou: float | None = None) -> None:
         """Show the best candidate only, or those with a predicted IoU of at least ``min_iou``
@@ -400,12 +417,18 @@ class Segmenter:
         if best_only is not None:
             self.best_only = bool(best_only)
         found = self.candidates
-        if found is None or found.edges is None:
+        if found is None:
             return
-        found.shown = self.shown_candidates(found.iou)
-        found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], found.shown)
-        if found.chosen not in found.shown:
+        if self.best_only:
             found.chosen = int(np.argmax(found.iou))
+        self._outline(found)
+
+    def _outline(self, found: Candidates) -> None:
+        """Outline the candidates of ``found`` to show, and show them."""
+        shown = self.shown_candidates(found.iou, found.chosen)
+        if shown != found.shown:
+            found.shown = shown
+            found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], shown)
         self.show(found)
 
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
@@ -470,16 +493,12 @@ class Segmenter:
             raise PromptError(
                 f"There are {len(self.candidates.masks)} candidate(s); choose 1 to {len(self.candidates.masks)}."
             )
-        if index not in self.candidates.shown:
-            reason = (
-                "'Best mask only' is on (Shift+B turns it off)"
-                if self.best_only
-                else f"its predicted IoU {self.candidates.iou[index]:.3f} is below {self.min_iou:g} "
-                "(lower 'Hide candidates with IoU below' to offer it)"
+        if self.best_only and index != int(np.argmax(self.candidates.iou)):
+            raise PromptError(
+                f"Candidate {index + 1} is hidden: 'Best mask only' is on (Shift+B turns it off to choose another)."
             )
-            raise PromptError(f"Candidate {index + 1} is hidden: {reason}.")
         self.candidates.chosen = index
-        self.show(self.candidates)
+        self._outline(self.candidates)
 
     # Objects.
 
@@ -491,13 +510,14 @@ class Segmenter:
     def commit(self, overwrite: bool = False) -> int:
         """Write the chosen mask into ``samkit: objects`` with the next free id; returns the id (key C).
 
-        Pixels of existing objects are kept unless ``overwrite``. The prompts are cleared, and
-        napari's undo (Ctrl+Z on the objects layer, or :meth:`undo`) reverts the commit.
+        Holes and islands smaller than ``min_region_area`` pixels are removed first, as SAM's own
+        post-processing does. Pixels of existing objects are kept unless ``overwrite``. The prompts
+        are cleared, and napari's undo (Ctrl+Z on the objects layer, or :meth:`undo`) reverts the commit.
         """
         found = self.candidates
         if found is None:
             raise PromptError("Nothing to commit: add a point or a box first.")
-        mask = found.masks[found.chosen]
+        mask = clean_mask(found.masks[found.chosen], self.min_region_area)
         objects = _layers.objects_layer(self.viewer, found.plane.layer)
         if not overwrite:
             mask = mask & (found.plane.read(objects.data) == 0)
@@ -513,6 +533,7 @@ class Segmenter:
             "model": self.model_name,
             "predicted_iou": float(found.iou[found.chosen]),
             "stability_score": float(found.stability[found.chosen]),
+            "min_region_area": self.min_region_area,
             **found.prompt.record(),
         }
         objects.selected_label = new_id + 1
