@@ -19,6 +19,8 @@ CANDIDATES = "samkit: candidates"
 CURRENT = "samkit: current"
 OBJECTS = "samkit: objects"
 AUTO = "samkit: auto"
+# The longest layer name napari's layer list shows whole at its default width.
+NAME_CHARS = 26
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
@@ -127,10 +129,17 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
     return viewer.add_layer(layer)
 
 
+def name_for(name: str, image: Any) -> str:
+    """``name (image name)``, the image name shortened in its middle so the whole fits napari's layer list."""
+    room = NAME_CHARS - len(name) - 3
+    short = image.name if len(image.name) <= room else image.name[: (room - 1) // 2] + "…" + image.name[-(room // 2) :]
+    return f"{name} ({short})"
+
+
 def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
     """The labels layer ``name`` (or ``name (image name)``) with the image's spatial shape, if there is one."""
     shape = spatial_shape(image)
-    for candidate in (name, f"{name} ({image.name})"):
+    for candidate in (name, name_for(name, image)):
         layer = find(viewer, candidate, Labels)
         if layer is not None and layer.data.shape == shape:
             return layer
@@ -152,7 +161,7 @@ def labels_layer(
         _adopt_transform(layer, image)
         return layer
     if find(viewer, name, Labels) is not None:
-        name = f"{name} ({image.name})"
+        name = name_for(name, image)
     if colormap is not None:
         kwargs["colormap"] = colormap()
     layer = Labels(np.zeros(spatial_shape(image), dtype=dtype), name=name, **same_transform(image), **kwargs)
