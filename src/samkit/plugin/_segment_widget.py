@@ -80,8 +80,11 @@ class SegmentWidget(JobWidget):
         self.image.setToolTip("The image layer to segment (follows the selected layer)")
         self.image.activated.connect(self._image_chosen)
         self.intensity = QComboBox()
-        self.intensity.setToolTip("Set the layer's contrast limits (what SAM sees) from a CT window (HU) or MR clipping")
+        self.intensity.setToolTip(
+            "Set the layer's contrast limits (what SAM sees): auto-contrast, a CT window (HU) or MR clipping"
+        )
         self.intensity.addItem("Contrast: as shown", None)
+        self.intensity.addItem("Contrast: auto (0.5-99.5% of the plane in view)", "auto")
         for name, (level, width) in medical.WINDOWS.items():
             self.intensity.addItem(f"CT {name.replace('_', ' ')} (level {level:g}, width {width:g})", name)
         self.intensity.addItem("MR: 0.5-99.5% of non-zero voxels", "mr")

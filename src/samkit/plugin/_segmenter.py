@@ -43,6 +43,10 @@ from ._prompts import Prompt, prompt_from_layers
 
 # The logit offset of the stability score shown beside each candidate (SAM's default).
 STABILITY_OFFSET = GENERATOR_OPTIONS["stability_score_offset"][1]
+# A one-channel image whose pixels (their 0.5 to 99.5 percentiles) span less than this share of its
+# contrast limits looks dim to SAM, and samkit suggests auto-contrast.
+DIM_SHARE = 0.25
+AUTO_PERCENTILES = (0.5, 99.5)
 # Candidates predicted to overlap their object less than this are not shown (samkit_tiny's
 # whole-image lattice scores about 0.01); the best candidate always is.
 DEFAULT_MIN_IOU = 0.05
@@ -143,6 +147,27 @@ def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
     return mask
 
 
+def _sample(pixels: np.ndarray) -> np.ndarray:
+    """About 250,000 pixels of a plane, evenly spread, as float."""
+    step = max(1, int(np.sqrt(pixels.size / 250_000)))
+    return np.asarray(pixels[::step, ::step], dtype=np.float64)
+
+
+def auto_limits(pixels: np.ndarray) -> tuple[float, float]:
+    """Contrast limits from the 0.5 and 99.5 percentiles of a plane's pixels (NaN left out)."""
+    low, high = (float(v) for v in np.nanpercentile(_sample(pixels), AUTO_PERCENTILES))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def contrast_share(pixels: np.ndarray, limits: tuple[float, float]) -> float:
+    """The share of the contrast window ``limits`` that the bulk of ``pixels`` (0.5 to 99.5 percentiles) spans."""
+    lo, hi = auto_limits(pixels)
+    low, high = limits
+    if high <= low:
+        return 1.0
+    return max(0.0, min(hi, high) - max(lo, low)) / (high - low)
+
+
 def _contrast_limits(layer: Image) -> tuple[float, float] | None:
     limits = tuple(float(v) for v in layer.contrast_limits)
     if layer.rgb and np.dtype(layer.dtype) == np.uint8 and limits == (0.0, 255.0):
@@ -186,6 +211,7 @@ class Segmenter:
         self.min_region_area = 0
         self._image = image
         self._shown_plane: Plane | None = None
+        self._dim_warned: set[tuple] = set()
         if model is not None:
             self.set_model(model, device=device)
 
@@ -253,9 +279,29 @@ class Segmenter:
         return plane, limits, (id(layer), plane.data_id, plane.axes, plane.index, limits, id(model), self.precision)
 
     def embed_request(self) -> EmbedRequest:
-        """What to embed for the plane in view (GUI thread)."""
+        """What to embed for the plane in view (GUI thread); warns once when the image looks dim to SAM."""
         plane, limits, key = self._view()
-        return EmbedRequest(plane, plane.image(), limits, key)
+        request = EmbedRequest(plane, plane.image(), limits, key)
+        hint = self.contrast_hint(request)
+        if hint is not None and (id(plane.layer), limits) not in self._dim_warned:
+            self._dim_warned.add((id(plane.layer), limits))
+            show_warning(hint)
+        return request
+
+    def contrast_hint(self, request: EmbedRequest) -> str | None:
+        """Advice to auto-contrast when a one-channel image's pixels fill little of its contrast limits."""
+        pixels, limits = request.pixels, request.contrast_limits
+        if limits is None or pixels.ndim != 2 or pixels.dtype == np.uint8:
+            return None
+        share = contrast_share(pixels, limits)
+        if share >= DIM_SHARE:
+            return None
+        return (
+            f"{request.plane.layer.name!r} looks dim to SAM: most of its pixels span only {share:.0%} of its "
+            f"contrast limits ({limits[0]:g} to {limits[1]:g}), which gives poor masks. Auto-contrast it: "
+            "'Contrast: auto' in the Segment widget (or napari's auto-contrast in the layer controls); "
+            "samkit embeds it again by itself."
+        )
 
     @property
     def needs_embedding(self) -> bool:
@@ -693,11 +739,17 @@ class Segmenter:
         """Set the image layer's contrast limits (what SAM sees) from a CT window or MR clipping.
 
         ``preset`` is a CT window name of ``samkit.medical.WINDOWS`` (HU), ``(level, width)``,
-        or ``"mr"``: the 0.5 and 99.5 percentiles of the non-zero voxels of the whole layer.
+        ``"mr"``: the 0.5 and 99.5 percentiles of the non-zero voxels of the whole layer, or
+        ``"auto"``: the 0.5 and 99.5 percentiles of the plane in view.
         """
         layer = self.image_layer
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        limits = medical.mr_limits(np.asarray(data)) if preset == "mr" else medical.window_limits(preset)
+        if preset == "auto":
+            limits = auto_limits(self.plane().image())
+        elif preset == "mr":
+            limits = medical.mr_limits(np.asarray(data))
+        else:
+            limits = medical.window_limits(preset)
         low, high = layer.contrast_limits_range
         layer.contrast_limits_range = (min(low, limits[0]), max(high, limits[1]))
         layer.contrast_limits = limits
