@@ -22,7 +22,8 @@ def _shown_names(viewer) -> dict[str, str]:
     QApplication.processEvents()
     view = viewer.window._qt_viewer.layers
     model, delegate = view.model(), view.itemDelegate()
-    margin = view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, view) + 1
+    # The style's text margin, and the 4 px padding napari's stylesheet gives list items, on each side.
+    margin = view.style().pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, view) + 1 + 4
     shown = {}
     for row in range(model.rowCount()):
         index = model.index(row, 0)
@@ -65,4 +66,5 @@ def test_layer_names_of_a_second_image_fit_the_layer_list(make_napari_viewer, qt
     objects = [layer for layer in viewer.layers if layer.name.startswith(_layers.OBJECTS)]
     assert sorted(layer.data.shape for layer in objects) == [(384, 384), (512, 512)]
     assert [int(layer.data.max()) for layer in objects] == [1, 2]
-    assert any("RGB" in layer.name for layer in objects)  # the image's name shows, shortened
+    # The image's name shows, shortened in its middle.
+    assert objects[1].name.startswith(f"{_layers.OBJECTS} (sa") and "…" in objects[1].name and objects[1].name.endswith("B))")

@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels, Points, Shapes
+from napari.settings import get_settings
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.colormaps.standardize_color import transform_color
+from qtpy.QtGui import QFont, QFontMetrics
 
 from ._plane import same_transform, spatial_shape
 from ._screen_size import keep_screen_size
@@ -19,8 +21,8 @@ CANDIDATES = "samkit: candidates"
 CURRENT = "samkit: current"
 OBJECTS = "samkit: objects"
 AUTO = "samkit: auto"
-# The longest layer name napari's layer list shows whole at its default width.
-NAME_CHARS = 26
+# The widest layer name (in pixels) napari's layer list shows whole at its default width.
+NAME_PX = 180
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
@@ -129,10 +131,21 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
     return viewer.add_layer(layer)
 
 
+def _name_width(text: str) -> int:
+    """The width in pixels of ``text`` in the layer list's font (bold, napari's font size)."""
+    font = QFont()
+    font.setBold(True)
+    font.setPointSizeF(float(get_settings().appearance.font_size))
+    return QFontMetrics(font).horizontalAdvance(text)
+
+
 def name_for(name: str, image: Any) -> str:
     """``name (image name)``, the image name shortened in its middle so the whole fits napari's layer list."""
-    room = NAME_CHARS - len(name) - 3
-    short = image.name if len(image.name) <= room else image.name[: (room - 1) // 2] + "…" + image.name[-(room // 2) :]
+    full = short = image.name
+    keep = len(full)
+    while keep > 1 and _name_width(f"{name} ({short})") > NAME_PX:
+        keep -= 1
+        short = full[: keep // 2] + "…" + full[len(full) - (keep - keep // 2) :]
     return f"{name} ({short})"
 
 
