@@ -472,7 +472,7 @@ class Segmenter:
     def _outline(self, found: Candidates) -> None:
         """Outline the candidates of ``found`` to show, and show them."""
         shown = self.shown_candidates(found.iou, found.chosen)
-        if shown != found.shown:
+        if shown != found.shown and found.edges is not None:
             found.shown = shown
             found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], shown)
         self.show(found)
