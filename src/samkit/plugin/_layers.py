@@ -179,6 +179,23 @@ def current_layer(viewer: Any, image: Any) -> Labels:
     )
 
 
+def keep_above(viewer: Any, image: Any) -> None:
+    """Move samkit's prompt and result layers of ``image`` that lie below it to just above it.
+
+    They keep their order among themselves, and those already above the image stay where they are,
+    so an image added (or moved) later never covers the prompts and masks of the one being segmented.
+    """
+    layers = viewer.layers
+    if image not in layers:
+        return
+    ours = [find(viewer, POINTS, Points), find(viewer, BOXES, Shapes)]
+    ours += [existing_labels(viewer, image, name) for name in (CANDIDATES, CURRENT, OBJECTS, AUTO)]
+    at = layers.index(image)
+    below = sorted(i for i in (layers.index(layer) for layer in ours if layer is not None) if i < at)
+    if below:
+        layers.move_multiple(below, at + 1)
+
+
 def objects_layer(viewer: Any, image: Any) -> Labels:
     """``samkit: objects``: committed objects, one id each."""
     return labels_layer(viewer, image, OBJECTS, np.int32, opacity=0.6)
