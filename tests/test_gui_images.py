@@ -84,17 +84,35 @@ def test_prompt_and_result_layers_stay_above_the_image_being_segmented(
     assert [name for name in names[names.index("first") + 1 :] if name in ours] == ours, names
 
 
+def _grid(viewer, qtbot, checkpoint) -> GridWidget:
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    grid.picker.add_file(checkpoint)
+    grid.picker.device.setCurrentText("cpu")
+    grid.segmenter.precision = "fp32"
+    _small_grid(grid)
+    return grid
+
+
+def test_grid_results_of_an_image_added_later_show_above_it(make_napari_viewer, qtbot, tiny_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="first")
+    grid = _grid(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
+        _press(viewer, "G")
+    _press(viewer, "Shift-M")
+    viewer.add_image(_image()[::-1].copy(), name="later")
+    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
+        _press(viewer, "G")
+    assert _names(viewer) == ["first", "later", _layers.AUTO, _layers.OBJECTS]
+
+
 def test_grid_mode_on_a_second_image_of_another_size_moves_its_own_objects(
     make_napari_viewer, qtbot, tiny_checkpoint, notes
 ):
     viewer = make_napari_viewer()
     viewer.add_image(_image(96, 128), name="first")
-    grid = GridWidget(viewer)
-    qtbot.addWidget(grid)
-    grid.picker.add_file(tiny_checkpoint)
-    grid.picker.device.setCurrentText("cpu")
-    grid.segmenter.precision = "fp32"
-    _small_grid(grid)
+    grid = _grid(viewer, qtbot, tiny_checkpoint)
     with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
         _press(viewer, "G")
     second = viewer.add_image(_image(128, 112), name="second")

@@ -1,4 +1,7 @@
-"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer."""
+"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer.
+
+Whenever samkit uses its layers of an image, they are above that image in the layer list.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def points_layer(viewer: Any, image: Any) -> Points:
     layer = find(viewer, POINTS, Points)
     if layer is not None and _matches(layer, image):
         layer.events.current_properties.connect(_new_points_positive)
+        keep_above(viewer, image)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -110,6 +114,7 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
     """``samkit: boxes``: rectangles are box prompts; ellipses and polygons add a mask prompt."""
     layer = find(viewer, BOXES, Shapes)
     if layer is not None and _matches(layer, image):
+        keep_above(viewer, image)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -137,7 +142,7 @@ def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
 def labels_layer(
     viewer: Any, image: Any, name: str, dtype: Any, colormap: Callable[[], Any] | None = None, **kwargs: Any
 ) -> Labels:
-    """A labels layer ``name`` with the image's spatial shape and transform, created or reused.
+    """A labels layer ``name`` with the image's spatial shape and transform, created or reused (above the image).
 
     An existing layer of that name with another shape is left alone: the new one gets the image's
     name appended, so no user's labels are replaced. ``colormap`` makes a new layer's colormap
@@ -147,6 +152,7 @@ def labels_layer(
     layer = existing_labels(viewer, image, name)
     if layer is not None:
         _adopt_transform(layer, image)
+        keep_above(viewer, image)
         return layer
     if find(viewer, name, Labels) is not None:
         name = f"{name} ({image.name})"
