@@ -46,6 +46,7 @@ def test_a_second_image_of_another_size_embeds_and_segments(make_napari_viewer, 
     assert viewer.layers[f"{_layers.CURRENT} (second)"].data.any()
     _press(viewer, "C")
     assert viewer.layers[f"{_layers.OBJECTS} (second)"].data.max() == 1
+    assert widget.status.text() == f"Committed object 1 to '{_layers.OBJECTS} (second)' (U undoes it)."
     assert viewer.layers[_layers.OBJECTS].data.max() == 1
 
 
@@ -124,4 +125,5 @@ def test_grid_mode_on_a_second_image_of_another_size_moves_its_own_objects(
     _press(viewer, "Shift-M")
     objects = _layers.existing_labels(viewer, second, _layers.OBJECTS)
     np.testing.assert_array_equal(objects.data > 0, auto.data > 0)
-    assert grid.status.text().startswith("Moved") and not [note for note in notes if "loaded" not in note]
+    assert grid.status.text().startswith(f"Moved {len(np.unique(auto.data)) - 1} object(s) to '{objects.name}'")
+    assert not [note for note in notes if "loaded" not in note]

@@ -479,11 +479,18 @@ class Segmenter:
             layer = None
         return layer or _layers.find(self.viewer, _layers.OBJECTS, Labels)
 
-    def undo(self) -> None:
-        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation)."""
+    def undo(self) -> Labels:
+        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation).
+
+        Returns the layer; raises ``PromptError`` when there is nothing to undo.
+        """
         layer = self._objects_in_use()
-        if layer is not None:
-            layer.undo()
+        if layer is None:
+            raise PromptError(f"There is nothing to undo: there is no '{_layers.OBJECTS}' layer yet.")
+        if not getattr(layer, "_undo_history", True):
+            raise PromptError(f"There is nothing left to undo in '{layer.name}'.")
+        layer.undo()
+        return layer
 
     # Grid mode.
 
@@ -523,12 +530,19 @@ class Segmenter:
         """Grid mode on the plane in view (on this thread); returns ``samkit: auto``."""
         return self.show_grid(self.compute_grid(self.grid_request(), params, progress, cancel))
 
+    @property
+    def grid_image(self) -> Image:
+        """The image whose grid mode objects are moved: that of the last grid run, else the current one."""
+        if self.grid is not None and self.grid.plane.layer in self.viewer.layers:
+            return self.grid.plane.layer
+        return self.image_layer
+
     def move_to_objects(self, ids: Sequence[int] | None = None, overwrite: bool = False) -> list[int]:
         """Move objects of ``samkit: auto`` (all, or ``ids``) into ``samkit: objects``; returns their new ids.
 
         One undo reverts the whole move. Pixels of existing objects are kept unless ``overwrite``.
         """
-        image = self.grid.plane.layer if self.grid and self.grid.plane.layer in self.viewer.layers else self.image_layer
+        image = self.grid_image
         auto = _layers.existing_labels(self.viewer, image, _layers.AUTO)
         if auto is None:
             raise PromptError(f"There is no 'samkit: auto' layer for {image.name!r}: run grid mode on it first.")
