@@ -125,3 +125,26 @@ def test_a_failed_grid_run_replaces_the_running_line(make_napari_viewer, qtbot, 
         _press(viewer, "G")
     assert grid.status.text() == "Grid mode failed: RuntimeError: out of memory" == notes[-1]
     assert not np.any([layer.name == "samkit: auto" for layer in viewer.layers])
+
+
+def test_a_failed_evaluation_replaces_the_running_line(make_napari_viewer, qtbot, tiny_checkpoint, notes, monkeypatch):
+    from samkit.plugin import _evaluate_widget
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(_evaluate_widget, "evaluate_interactive", broken)
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="cells")
+    truth = np.zeros((96, 128), np.int32)
+    truth[20:60, 40:80] = 1
+    viewer.add_labels(truth, name="truth")
+    widget = _evaluate_widget.EvaluateWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.picker.add_file(tiny_checkpoint)
+    widget.picker.device.setCurrentText("cpu")
+    widget.images.setCurrentText("cells")
+    widget.labels.setCurrentText("truth")
+    with qtbot.waitSignal(widget.finished, timeout=WAIT_MS):
+        widget.run()
+    assert widget.status.text() == "Evaluation failed: RuntimeError: out of memory" == notes[-1]
