@@ -437,6 +437,7 @@ class SegmentWidget(JobWidget):
             self._show,
             interactive=True,
         )
+        self.watch(self.predict_job)
         self.predict_job.finished.connect(self._predict_finished)
         self.predict_job.start()
         if hold:
