@@ -122,8 +122,15 @@ def test_grid_mode_on_a_second_image_of_another_size_moves_its_own_objects(
     auto = _layers.existing_labels(viewer, second, _layers.AUTO)
     assert auto.name == f"{_layers.AUTO} (second)" and auto.data.max() > 0
 
-    _press(viewer, "Shift-M")
+    # The label selected in the second image's 'samkit: auto' (the first image's has one too).
+    picked = int(auto.data[auto.data > 0][0])
+    auto.selected_label = picked
+    viewer.layers[_layers.AUTO].selected_label = 1000
+    _press(viewer, "M")
     objects = _layers.existing_labels(viewer, second, _layers.OBJECTS)
+    np.testing.assert_array_equal(objects.data == 1, auto.data == picked)
+    objects.undo()
+    _press(viewer, "Shift-M")
     np.testing.assert_array_equal(objects.data > 0, auto.data > 0)
     assert grid.status.text().startswith(f"Moved {len(np.unique(auto.data)) - 1} object(s) to '{objects.name}'")
     assert not [note for note in notes if "loaded" not in note]

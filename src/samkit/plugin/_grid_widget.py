@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari.layers import Labels
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -162,11 +161,11 @@ class GridWidget(JobWidget):
         """Move the objects listed (or the label selected in ``samkit: auto``) to ``samkit: objects``."""
         try:
             ids = _ids(self.ids.text())
+            auto = None if ids else _layers.existing_labels(self.viewer, self.segmenter.grid_image, _layers.AUTO)
         except SamkitError as error:
             self.fail(str(error))
             return
         if not ids:
-            auto = _layers.find(self.viewer, _layers.AUTO, Labels)
             ids = [auto.selected_label] if auto is not None else []
         self._move(ids)
 
