@@ -23,7 +23,7 @@ def test_samkit_keys_work_with_the_image_layer_selected(make_napari_viewer, qtbo
     _embed(widget, qtbot)
     _click(widget, qtbot, (40, 60))
     viewer.layers.selection.active = image  # e.g. to change its contrast
-    limits = tuple(image.contrast_limits)
+    image.contrast_limits = limits = (0.0, 5000.0)
 
     for key, index in (("3", 2), ("1", 0), ("2", 1)):
         _press(viewer, key)
@@ -35,6 +35,12 @@ def test_samkit_keys_work_with_the_image_layer_selected(make_napari_viewer, qtbo
     assert tuple(image.contrast_limits) == limits and "Committed object 1" in widget.status.text()
     _press(viewer, "U")
     assert viewer.layers[_layers.OBJECTS].data.max() == 0
+
+    later = viewer.add_image(_image(), name="later", contrast_limits=(0, 5000))  # opened later: samkit's keys too
+    limits = tuple(later.contrast_limits)
+    for key in ("2", "C"):
+        _press(viewer, key)
+    assert str(later.mode) == "pan_zoom" and tuple(later.contrast_limits) == limits
 
 
 def test_status_bar_hints_name_only_keys_that_do_what_they_say(make_napari_viewer, qtbot, tiny_checkpoint):
