@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari.layers import Labels
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -124,7 +122,7 @@ class GridWidget(JobWidget):
         try:
             request = self.segmenter.grid_request()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         params = self.params
         segmenter = self.segmenter
@@ -139,8 +137,7 @@ class GridWidget(JobWidget):
         try:
             layer = self.segmenter.show_grid(result)
         except SamkitError as error:
-            show_error(str(error))
-            self.status.setText(str(error))
+            self.fail(str(error))
             return
         found = len(result.table["label"])
         self.status.setText(f"Found {found} object(s): see '{layer.name}' (its features hold scores and areas).")
@@ -155,19 +152,20 @@ class GridWidget(JobWidget):
         try:
             moved = self.segmenter.move_to_objects(ids, overwrite=self.overwrite.isChecked())
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
-        self.status.setText(f"Moved {len(moved)} object(s) to '{_layers.OBJECTS}' as {moved}.")
+        objects = _layers.objects_layer(self.viewer, self.segmenter.grid_image)
+        self.status.setText(f"Moved {len(moved)} object(s) to '{objects.name}' as {moved} (U undoes it).")
 
     def move_selected(self) -> None:
         """Move the objects listed (or the label selected in ``samkit: auto``) to ``samkit: objects``."""
         try:
             ids = _ids(self.ids.text())
+            auto = None if ids else _layers.existing_labels(self.viewer, self.segmenter.grid_image, _layers.AUTO)
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         if not ids:
-            auto = _layers.find(self.viewer, _layers.AUTO, Labels)
             ids = [auto.selected_label] if auto is not None else []
         self._move(ids)
 

@@ -52,6 +52,8 @@ class ModelPicker(QWidget):
 
     # Emitted by every picker of the segmenter when a new model is in use (its name), however it was set.
     loaded = Signal(str)
+    # Emitted when this picker could not load the chosen model (the message the notification showed).
+    failed = Signal(str)
 
     def __init__(self, segmenter: Segmenter, on_progress: Callable[[int, int], None] | None = None) -> None:
         super().__init__()
@@ -126,6 +128,7 @@ class ModelPicker(QWidget):
             self._on_progress,
         )
         self.job.choice = choice
+        self.job.failed.connect(self.failed.emit)
         self.job.finished.connect(self._finished)
         self.job.start()
 
