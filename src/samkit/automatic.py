@@ -604,7 +604,8 @@ def masks_to_labels(
     Overlaps: masks are painted from the largest to the smallest, so a smaller mask stays
     visible on top of a larger one it overlaps (a part on its whole); of equal areas the earlier
     record is on top (for ``generate`` output, the higher predicted IoU). A mask covered entirely
-    by smaller ones keeps its row, with ``area`` 0. ``shape`` (H, W) is needed only for no records.
+    by smaller ones (or empty) is not in the label image, so it has no row either: the table has
+    one row per label the image holds. ``shape`` (H, W) is needed only for no records.
 
     The table is a dict of 1-D columns, ready for a napari Labels layer's ``features``: label,
     area (pixels with that label), mask_area (pixels in the mask), bbox_x, bbox_y, bbox_w,
@@ -635,14 +636,17 @@ def _label_table(
 ) -> dict[str, np.ndarray]:
     n = len(records)
     nan = float("nan")
-    bbox = np.array([record.get("bbox", [nan] * 4) for record in records], dtype=np.float64).reshape(n, 4)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    shown = np.flatnonzero(area)
+    records = [records[i] for i in shown]
+    bbox = np.array([record.get("bbox", [nan] * 4) for record in records], dtype=np.float64).reshape(-1, 4)
     point = np.array(
         [(record.get("point_coords") or [[nan, nan]])[0] for record in records], dtype=np.float64
-    ).reshape(n, 2)
+    ).reshape(-1, 2)
     return {
-        "label": np.arange(1, n + 1, dtype=np.int32),
-        "area": np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
-        "mask_area": mask_areas,
+        "label": (shown + 1).astype(np.int32),
+        "area": area[shown],
+        "mask_area": mask_areas[shown],
         "bbox_x": bbox[:, 0],
         "bbox_y": bbox[:, 1],
         "bbox_w": bbox[:, 2],
