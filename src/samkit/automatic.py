@@ -27,6 +27,7 @@ from .progress import Cancel, Progress, as_cancel
 from .rle import area as rle_area
 from .rle import decode, encode_uncompressed
 from .transforms import scale_coords
+from .weights import grid_filters
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # A mask whose box comes this close (pixels) to a crop edge inside the image is cut off by the crop.
@@ -55,6 +56,21 @@ GENERATOR_OPTIONS: dict[str, tuple[type, float, str]] = {
     "crop_n_points_downscale_factor": (int, 1, "points per side divided by this in each crop layer"),
     "min_mask_region_area": (int, 0, "remove holes and islands smaller than this (pixels)"),
 }
+
+
+def generator_options(model: str | None = None, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter of ``AutomaticMaskGenerator`` for grid mode with ``model`` (a registry name).
+
+    A value in ``given`` (not None) is used as it is; else the quality filters the model card of a
+    model that ships with samkit recommends (samkit_tiny's); else SAM's default. The Grid and
+    Evaluate widgets and the command line all take their parameters from here.
+    """
+    given = given or {}
+    recommended = grid_filters(model)
+    return {
+        name: given[name] if given.get(name) is not None else recommended.get(name, default)
+        for name, (_, default, _) in GENERATOR_OPTIONS.items()
+    }
 
 
 def point_grid(n_per_side: int) -> np.ndarray:

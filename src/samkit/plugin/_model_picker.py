@@ -144,8 +144,22 @@ class ModelPicker(QWidget):
         return "No model loaded" if segmenter.model is None else f"Model: {segmenter.model_name} on {segmenter.model.device}"
 
     def _model_changed(self, event: Any = None) -> None:
+        self._show_model_in_use()
         self.status.setText(self._model_text())
         self.loaded.emit(self.segmenter.model_name)
+
+    def _show_model_in_use(self) -> None:
+        """Choose the model in use in the list (a file given by its path is added to it)."""
+        name = self.segmenter.model_name
+        index = self.models.findData(name)
+        if index < 0:
+            named = [i for i in range(self.models.count()) if self.models.itemData(i)
+                     and Path(self.models.itemData(i)).name == name]
+            index = self.models.currentIndex() if self.models.currentIndex() in named else (named or [-1])[0]
+        if index >= 0:
+            self.models.setCurrentIndex(index)
+        elif Path(name).is_absolute() and Path(name).is_file():
+            self.add_file(name)
 
     def _finished(self) -> None:
         if self._again:
