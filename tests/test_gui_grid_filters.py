@@ -115,3 +115,23 @@ def test_evaluate_uses_grid_mode_s_filters_follows_the_model_and_shows_all_metri
     with qtbot.waitSignal(segment.picker.loaded, timeout=WAIT_MS):
         segment.picker.load()
     assert evaluate.picker.choice == TINY and "samkit_tiny's model card" in evaluate.grid_filters.text()
+
+
+def test_a_model_fine_tuned_from_samkit_tiny_keeps_its_card_s_filters(make_napari_viewer, qtbot, tmp_path):
+    # What the Fine-tune widget writes when it trains the samkit_tiny in use: the card names its sha256.
+    tuned = tmp_path / "tuned" / "model.pth"
+    tuned.parent.mkdir()
+    tuned.write_bytes(b"stands in for the weights")
+    (tuned.parent / weights.TRAINING_CARD).write_text(f'{{"base_model": "{weights.entry(TINY).known_hash}"}}')
+    assert weights.card_model(tuned) == TINY and weights.grid_filters(str(tuned)) == CARD
+    assert weights.card_model(tmp_path / "missing.pth") is None and weights.grid_filters("another model") == {}
+    viewer = make_napari_viewer()
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    evaluate = EvaluateWidget(viewer)
+    qtbot.addWidget(evaluate)
+    for widget in (grid, evaluate):
+        widget.picker.add_file(tuned)
+    assert _filters(grid) == pytest.approx(tuple(CARD.values()))
+    for text in (grid.filters.text(), evaluate.grid_filters.text()):
+        assert "samkit_tiny's model card, the model model.pth was fine-tuned from" in text

@@ -537,7 +537,7 @@ def test_model_is_built_in_float32_on_cpu(make_napari_viewer, qtbot, tiny_checkp
     with qtbot.waitSignal(widget.picker.loaded, timeout=WAIT_MS):
         widget.picker.load()
     model = widget.segmenter.model
-    assert model.device == torch.device("cpu") and widget.segmenter.model_name == tiny_checkpoint.name
+    assert model.device == torch.device("cpu") and widget.segmenter.model_name == str(tiny_checkpoint)
     assert "tiny_vit.pth" in widget.picker.status.text()
 
 

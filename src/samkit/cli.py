@@ -107,7 +107,7 @@ def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _default_text(name: str, default: float) -> str:
     if name in weights.GRID_FILTERS:
-        return f"default {default:g}, or the model card's for a model that ships with samkit"
+        return f"default {default:g}, or the model card's for a model that ships with samkit (or fine-tuned from one)"
     return f"default {default:g}"
 
 

@@ -81,6 +81,7 @@ from .train_data import (
     stack_targets,
 )
 from .transforms import input_shape
+from .weights import TRAINING_CARD
 
 MODES = ("decoder", "full")
 LR_SCHEDULES = ("constant", "cosine")
@@ -88,7 +89,7 @@ LR_SCHEDULES = ("constant", "cosine")
 RESUME_KEYS = ("mode", "seed", "val_fraction")
 DEFAULT_LR = {"decoder": 1e-4, "full": 1e-5}
 MODEL_FILE = "model.pth"
-CARD_FILE = "model.json"
+CARD_FILE = TRAINING_CARD
 STATE_FILE = "train_state.pt"
 LOG_FILE = "log.csv"
 LOG_FIELDS = ("epoch", "step", "train_loss", "val_loss", "val_miou", "seconds")

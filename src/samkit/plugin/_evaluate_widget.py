@@ -36,6 +36,13 @@ from ._jobs import Job
 from ._segmenter import Segmenter
 
 
+# The grid-mode metrics shown, with their names.
+GRID_METRICS = (
+    ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("ap50", "AP50"),
+    ("mean_accuracy", "mean accuracy (IoU 0.5-0.95)"),
+)
+
+
 def _rows(
     interactive: InteractiveResult, automatic: dict[str, float] | None, filters: str
 ) -> list[tuple[str, str]]:
@@ -49,12 +56,6 @@ def _rows(
         rows += [(f"grid mode: {name}", f"{automatic[key]:.3f}") for key, name in GRID_METRICS]
         rows.append(("grid mode: filters", filters))
     return rows
-
-
-GRID_METRICS = (
-    ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("ap50", "AP50"),
-    ("mean_accuracy", "mean accuracy (IoU 0.5-0.95)"),
-)
 
 
 class ResultsTable(QTableWidget):

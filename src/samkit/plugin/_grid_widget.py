@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
 
 from ..automatic import GENERATOR_OPTIONS, generator_options
 from ..errors import SamkitError
-from ..weights import GRID_FILTERS, grid_filters
+from ..weights import GRID_FILTERS, card_model
 from . import _layers
 from ._base_widget import JobWidget
 from ._controls import button
@@ -47,7 +47,10 @@ def _field(kind: type, default: float, tip: str) -> QSpinBox | QDoubleSpinBox:
 def filters_text(model: str | None, values: Mapping[str, float], yours: Collection[str] = ()) -> str:
     """Grid mode's quality filters for ``model`` and where each comes from (``yours``: set by the user)."""
     shown = Path(model).name if model else "the model"
-    source = f"{shown}'s model card" if grid_filters(model) else "SAM's default"
+    card = card_model(model)
+    source = "SAM's default" if card is None else f"{card}'s model card"
+    if card is not None and card != model:
+        source += f", the model {shown} was fine-tuned from"
     parts = [f"{key.replace('_', ' ')} {values[key]:g} ({'yours' if key in yours else source})" for key in GRID_FILTERS]
     return f"Quality filters for {shown}: " + ", ".join(parts) + "."
 

@@ -130,9 +130,8 @@ class ModelPicker(QWidget):
         self.job.start()
 
     def _loaded(self, model: Any, choice: str) -> None:
-        name = choice if choice in weights.REGISTRY else Path(choice).name
-        self.segmenter.use_model(model, name)
-        show_info(f"samkit: loaded {name} on {model.device}.")
+        self.segmenter.use_model(model, choice)
+        show_info(f"samkit: loaded {Path(choice).name} on {model.device}.")
         if choice in weights.REGISTRY:
             self.models.setItemText(self.models.currentIndex(), _label(choice))
         then, self._then = self._then, []
@@ -152,13 +151,9 @@ class ModelPicker(QWidget):
         """Choose the model in use in the list (a file given by its path is added to it)."""
         name = self.segmenter.model_name
         index = self.models.findData(name)
-        if index < 0:
-            named = [i for i in range(self.models.count()) if self.models.itemData(i)
-                     and Path(self.models.itemData(i)).name == name]
-            index = self.models.currentIndex() if self.models.currentIndex() in named else (named or [-1])[0]
         if index >= 0:
             self.models.setCurrentIndex(index)
-        elif Path(name).is_absolute() and Path(name).is_file():
+        elif Path(name).is_file():
             self.add_file(name)
 
     def _finished(self) -> None:
