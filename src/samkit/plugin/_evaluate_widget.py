@@ -35,7 +35,6 @@ from ._grid_widget import filters_text
 from ._jobs import Job
 from ._segmenter import Segmenter
 
-
 # The grid-mode metrics shown, with their names.
 GRID_METRICS = (
     ("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("ap50", "AP50"),
