@@ -67,7 +67,7 @@ def test_a_fine_tune_that_never_improves_says_so_and_keeps_the_model_in_use(
     assert result.settings["lr"] == 1.0
     text = widget.status.text()
     assert "did not improve" in text and "starting weights" in text and "more epochs" in text
-    assert "now the model in use" not in text and f"{name} stays the model in use" in text
+    assert "now the model in use" not in text and f"{Path(name).name} stays the model in use" in text
     assert widget.segmenter.model is in_use and widget.segmenter.model_name == name
     assert widget.picker.models.findData(str(result.model_path)) < 0
     assert json.loads((tmp_path / "tuned" / "model.json").read_text())["improved"] is False

@@ -208,7 +208,7 @@ class TrainWidget(JobWidget):
         self.result = result
         done = f"Done ({result.stopped}) after {result.steps} steps. {result.verdict()}"
         if not result.improved:
-            self.status.setText(f"{done} {base} stays the model in use; the log is in {result.output_dir}.")
+            self.status.setText(f"{done} {Path(base).name} stays the model in use; the log is in {result.output_dir}.")
             return
         self.picker.add_file(result.model_path)
         self.segmenter.use_model(result.model, str(result.model_path))
