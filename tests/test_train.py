@@ -450,6 +450,9 @@ def test_command_line_helpers(tmp_path, capsys):
     run_from_args(args)
     printed = capsys.readouterr().out
     assert "epoch 1 (step 1)" in printed and "model: " in printed
+    # The last line says plainly whether training improved the model.
+    improved = json.loads((tmp_path / "out" / "model.json").read_text())["improved"]
+    assert printed.strip().splitlines()[-1].startswith("Best epoch 1" if improved else "Training did not improve")
     assert samkit.load_model(tmp_path / "out" / "model.pth", device="cpu").img_size == 128
 
 

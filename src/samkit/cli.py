@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, onnx_cli, train, volume_cli, weights
-from .automatic import GENERATOR_OPTIONS
+from .automatic import GENERATOR_OPTIONS, generator_options
 from .errors import SamkitError
 
 
@@ -110,16 +110,12 @@ def _models(args: argparse.Namespace) -> None:
 
 def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
     """Grid mode's parameters: as given, else the model card's quality filters (samkit_tiny), else SAM's defaults."""
-    recommended = weights.grid_filters(args.model)
-    return {
-        name: value if (value := getattr(args, name)) is not None else recommended.get(name, default)
-        for name, (_, default, _) in GENERATOR_OPTIONS.items()
-    }
+    return generator_options(args.model, {name: getattr(args, name) for name in GENERATOR_OPTIONS})
 
 
 def _default_text(name: str, default: float) -> str:
     if name in weights.GRID_FILTERS:
-        return f"default {default:g}, or the model card's for a model that ships with samkit"
+        return f"default {default:g}, or the model card's for a model that ships with samkit (or fine-tuned from one)"
     return f"default {default:g}"
 
 

@@ -70,6 +70,15 @@ class JobWidget(QWidget):
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(done)
 
+    def run_model_name(self) -> str | None:
+        """The model a run uses: the one in use, else the one chosen in the picker (loaded first)."""
+        return self.segmenter.model_name if self.segmenter.model is not None else self.picker.choice
+
+    def on_model_change(self, action: Callable[[], None]) -> None:
+        """Call ``action()`` whenever the model a run uses may change: loaded anywhere, or chosen here."""
+        self.picker.loaded.connect(lambda _name: action())
+        self.picker.models.currentIndexChanged.connect(lambda _index: action())
+
     def ready(self, again: Callable[[], None], what: str) -> bool:
         """Whether work can start now; without a model, the chosen one is loaded first and ``again`` runs."""
         if self.segmenter.model is None:

@@ -30,7 +30,6 @@ from ..predictor import Predictor
 from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
 from ..volume import VolumeEmbeddings
-from ..weights import REGISTRY
 from . import _layers
 from ._plane import Plane, plane_in_view, spatial_shape
 from ._prompts import Prompt, prompt_from_layers
@@ -158,7 +157,7 @@ class Segmenter:
             loaded, name = model, "model"
         else:
             loaded = load_model(model, device=device, progress=progress)
-            name = str(model) if str(model) in REGISTRY else Path(model).name
+            name = os.fspath(model)
         self.use_model(loaded, name)
         return loaded
 
