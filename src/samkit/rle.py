@@ -39,6 +39,12 @@ _COCO_HINT = 'a COCO instance file is {"images": [...], "annotations": [...], "c
 _JSON_NAMES = {dict: "an object", list: "an array", int: "an integer", object: "a value"}
 
 
+# The largest mask (pixels) and object id samkit reads: pycocotools counts pixels in 32 bits, and
+# label images hold ids in int64 at most.
+MAX_PIXELS = 2**31 - 1
+MAX_ID = int(np.iinfo(np.int64).max)
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation helpers
 
@@ -80,7 +86,13 @@ def _as_labels(labels: Any, where: str = "label image") -> np.ndarray:
 def _shape(shape: Any, where: str) -> tuple[int, int]:
     if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(_is_int(n) and n > 0 for n in shape):
         raise FormatError(f"{where}: expected [height, width], two positive integers; got {_brief(shape)}.")
-    return int(shape[0]), int(shape[1])
+    h, w = int(shape[0]), int(shape[1])
+    if h * w > MAX_PIXELS:
+        raise FormatError(
+            f"{where}: a {h}x{w} mask has {h * w} pixels; samkit reads masks of at most {MAX_PIXELS} pixels "
+            "(2^31 - 1). The size is likely damaged; a larger image must be split into tiles."
+        )
+    return h, w
 
 
 def _size(rle: Any, where: str) -> tuple[int, int]:
@@ -272,8 +284,10 @@ def _label_dtype(max_id: int) -> type[np.signedinteger]:
 
 
 def _checked_id(object_id: Any, where: str) -> int:
-    if not _is_int(object_id) or object_id < 1:
-        raise FormatError(f"{where}: 'id' must be a positive integer (0 is background); got {_brief(object_id)}.")
+    if not _is_int(object_id) or not 1 <= object_id <= MAX_ID:
+        raise FormatError(
+            f"{where}: 'id' must be a positive integer, at most {MAX_ID} (0 is background); got {_brief(object_id)}."
+        )
     return int(object_id)
 
 
@@ -651,6 +665,8 @@ def read_strings_csv(path: str | os.PathLike) -> np.ndarray:
             raise FormatError(f"{where}: line {i}: id, height and width must be whole numbers.") from None
         if object_id < 0:
             raise FormatError(f"{where}: line {i}: the id {object_id} is negative; ids are 0 (size only) or more.")
+        if object_id:
+            _checked_id(object_id, f"{where}: line {i}")
         parsed.append((i, object_id, _shape([height, width], f"{where}: line {i}: height, width"), row["rle"] or ""))
     sizes = {shape for _, _, shape, _ in parsed}
     if len(sizes) > 1:

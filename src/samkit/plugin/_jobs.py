@@ -45,12 +45,14 @@ class Job(QObject):
 
     ``on_done(result)`` runs on the GUI thread. A samkit error shows as a notification with its
     message; any other error as a notification too (with its type), never only in a terminal.
+    ``failed`` carries that message, for the status line of the widget that started the job.
     ``interactive`` jobs (quick, frequent: predictions) all run on one thread of their own.
     """
 
     progressed = Signal(int, int)
     finished = Signal()
     record = Signal(object)  # anything the work reports along the way (e.g. training losses)
+    failed = Signal(str)
 
     def __init__(
         self,
@@ -108,16 +110,20 @@ class Job(QObject):
         try:
             self._on_done(result)
         except SamkitError as error:
-            show_error(str(error))
+            self._fail(str(error))
 
     def _errored(self, error: BaseException) -> None:
         if isinstance(error, Cancelled):
             if not self._quiet:
                 show_info(str(error))
         elif isinstance(error, SamkitError):
-            show_error(str(error))
+            self._fail(str(error))
         else:
-            show_error(f"{self.name} failed: {type(error).__name__}: {error}")
+            self._fail(f"{self.name} failed: {type(error).__name__}: {error}")
+
+    def _fail(self, message: str) -> None:
+        show_error(message)
+        self.failed.emit(message)
 
     def _finished(self) -> None:
         self.running = False

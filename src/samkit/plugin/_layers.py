@@ -1,4 +1,7 @@
-"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer."""
+"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer.
+
+Whenever samkit uses its layers of an image, they are above that image in the layer list.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ def points_layer(viewer: Any, image: Any) -> Points:
     layer = find(viewer, POINTS, Points)
     if layer is not None and _matches(layer, image):
         layer.events.current_properties.connect(_new_points_positive)
+        keep_above(viewer, image)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -117,6 +121,7 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
     """``samkit: boxes``: rectangles are box prompts; ellipses and polygons add a mask prompt."""
     layer = find(viewer, BOXES, Shapes)
     if layer is not None and _matches(layer, image):
+        keep_above(viewer, image)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -162,7 +167,7 @@ def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
 def labels_layer(
     viewer: Any, image: Any, name: str, dtype: Any, colormap: Callable[[], Any] | None = None, **kwargs: Any
 ) -> Labels:
-    """A labels layer ``name`` with the image's spatial shape and transform, created or reused.
+    """A labels layer ``name`` with the image's spatial shape and transform, created or reused (above the image).
 
     An existing layer of that name with another shape is left alone: the new one gets the image's
     name appended, so no user's labels are replaced. ``colormap`` makes a new layer's colormap
@@ -172,6 +177,7 @@ def labels_layer(
     layer = existing_labels(viewer, image, name)
     if layer is not None:
         _adopt_transform(layer, image)
+        keep_above(viewer, image)
         return layer
     if find(viewer, name, Labels) is not None:
         name = name_for(name, image)
@@ -202,6 +208,23 @@ def current_layer(viewer: Any, image: Any) -> Labels:
         lambda: DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: CURRENT_COLOR}),
         opacity=0.45,
     )
+
+
+def keep_above(viewer: Any, image: Any) -> None:
+    """Move samkit's prompt and result layers of ``image`` that lie below it to just above it.
+
+    They keep their order among themselves, and those already above the image stay where they are,
+    so an image added (or moved) later never covers the prompts and masks of the one being segmented.
+    """
+    layers = viewer.layers
+    if image not in layers:
+        return
+    ours = [find(viewer, POINTS, Points), find(viewer, BOXES, Shapes)]
+    ours += [existing_labels(viewer, image, name) for name in (CANDIDATES, CURRENT, OBJECTS, AUTO)]
+    at = layers.index(image)
+    below = sorted(i for i in (layers.index(layer) for layer in ours if layer is not None) if i < at)
+    if below:
+        layers.move_multiple(below, at + 1)
 
 
 def objects_layer(viewer: Any, image: Any) -> Labels:

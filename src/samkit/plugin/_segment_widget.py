@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Points, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
@@ -95,8 +95,9 @@ class SegmentWidget(JobWidget):
         self.embed_button = button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
         self.cancel_button = button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
         self.progress.setTextVisible(True)
-        self.status = QLabel("Load a model, then embed the image.")
+        self.status = QLabel(self._model_status())
         self.status.setWordWrap(True)
+        self.picker.loaded.connect(lambda _name: self.status.setText(self._model_status()))
 
         self.rows: list[QRadioButton] = []
         self.choices = QButtonGroup(self)
@@ -222,6 +223,12 @@ class SegmentWidget(JobWidget):
         self.viewer.dims.events.current_step.connect(self._view_moved)
         self._layers_changed()
 
+    def _model_status(self) -> str:
+        """What to do next with the model in use (a new model drops the embedding)."""
+        if self.segmenter.model is None:
+            return "Load a model, then embed the image."
+        return f"Model {self.segmenter.model_name} is in use: embed the image (Shift+E)."
+
     # Layers.
 
     def _layers_changed(self, event: Any = None) -> None:
@@ -304,7 +311,7 @@ class SegmentWidget(JobWidget):
         try:
             level, width = (float(v) for v in text)
         except ValueError:
-            show_error(f"A CT window is 'level, width' in HU, e.g. '40, 400'; got {self.window.text()!r}.")
+            self.fail(f"A CT window is 'level, width' in HU, e.g. '40, 400'; got {self.window.text()!r}.")
             return
         self._run(lambda: self.segmenter.set_intensity((level, width)))
 
@@ -322,7 +329,7 @@ class SegmentWidget(JobWidget):
         try:
             request = self.segmenter.embed_request()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         self.status.setText(f"Embedding {request.plane.layer.name!r} {request.plane.label}...".replace(" ...", "..."))
         self._embed_request = request
@@ -334,6 +341,7 @@ class SegmentWidget(JobWidget):
             self._progress,
             quiet=True,
         )
+        self.watch(self.embed_job)
         self.embed_job.finished.connect(self._embed_finished)
         self.embed_job.start()
 
@@ -344,7 +352,9 @@ class SegmentWidget(JobWidget):
                 show_info(f"The data of {request.plane.layer.name!r} changed while it was embedded: embedding it again.")
                 self._embed_again = True
             else:
-                show_warning("The image or the model changed while embedding; embed again (Shift+E).")
+                message = "The image or the model changed while embedding; embed again (Shift+E)."
+                show_warning(message)
+                self.status.setText(message)
             return
         plane = f" ({request.plane.label})" if request.plane.label else ""
         self.status.setText(f"Embedded {request.plane.layer.name!r}{plane} with {self.segmenter.model_name}.")
@@ -386,7 +396,7 @@ class SegmentWidget(JobWidget):
         try:
             ids = [int(v) for v in self.propagate_ids.text().replace(",", " ").split()] or None
         except ValueError:
-            show_error(f"Object ids are whole numbers; got {self.propagate_ids.text()!r}.")
+            self.fail(f"Object ids are whole numbers; got {self.propagate_ids.text()!r}.")
             return
         request = self._run(lambda: self.segmenter.propagation_request(ids))
         if request is None:
@@ -400,6 +410,7 @@ class SegmentWidget(JobWidget):
             lambda result: self._propagated(request, result),
             self._progress,
         )
+        self.watch(self.stack_job)
         self.stack_job.finished.connect(self._stack_finished)
         self.stack_job.start()
 
@@ -407,11 +418,11 @@ class SegmentWidget(JobWidget):
         try:
             added = self.segmenter.show_propagation(request, result)
         except SamkitError as error:
-            show_error(str(error))
-            self.status.setText(str(error))
+            self.fail(str(error))
             return
+        objects = _layers.objects_layer(self.viewer, request.plane.layer)
         self.status.setText(
-            f"Added {added:,} voxels to '{_layers.OBJECTS}' (U undoes it). " + "; ".join(str(s) for s in result.stops)
+            f"Added {added:,} voxels to '{objects.name}' (U undoes it). " + "; ".join(str(s) for s in result.stops)
         )
         self.propagated.emit()
 
@@ -453,7 +464,7 @@ class SegmentWidget(JobWidget):
         try:
             prompt = segmenter.prompt()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         if prompt.problems and prompt.problems != self._last_problems:
             for problem in prompt.problems:
@@ -471,6 +482,7 @@ class SegmentWidget(JobWidget):
             self._show,
             interactive=True,
         )
+        self.watch(self.predict_job)
         self.predict_job.finished.connect(self._predict_finished)
         self.predict_job.start()
         if hold:
@@ -531,7 +543,7 @@ class SegmentWidget(JobWidget):
         try:
             return action()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return None
 
     def choose(self, index: int) -> None:
@@ -552,14 +564,20 @@ class SegmentWidget(JobWidget):
 
     def commit(self) -> None:
         """Write the chosen mask into ``samkit: objects``."""
+        found = self.segmenter.candidates
         new_id = self._run(lambda: self.segmenter.commit(overwrite=self.overwrite.isChecked()))
         if new_id is not None:
             self._update_rows(None)
-            self.status.setText(f"Committed object {new_id} to '{_layers.OBJECTS}'.")
+            objects = _layers.objects_layer(self.viewer, found.plane.layer)
+            self.status.setText(f"Committed object {new_id} to '{objects.name}' (U undoes it).")
 
     def undo(self) -> None:
-        """Undo the last commit."""
-        self._run(self.segmenter.undo)
+        """Undo the last change to ``samkit: objects``."""
+        layer = self._run(self.segmenter.undo)
+        if layer is not None:
+            highest = int(layer.data.max())
+            left = f"highest object id now {highest}" if highest else "it is empty now"
+            self.status.setText(f"Undid the last change to '{layer.name}' ({left}).")
 
     def export(self, path: str | None = None, format: str | None = None) -> None:
         """Save ``samkit: objects`` as RLE (asks for a file when ``path`` is None)."""

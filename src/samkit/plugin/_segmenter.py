@@ -36,9 +36,8 @@ from ..predictor import Predictor
 from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
 from ..volume import VolumeEmbeddings
-from ..weights import REGISTRY
 from . import _layers
-from ._plane import Plane, plane_in_view
+from ._plane import Plane, plane_in_view, spatial_shape
 from ._prompts import Prompt, prompt_from_layers
 
 # The logit offset of the stability score shown beside each candidate (SAM's default).
@@ -210,7 +209,8 @@ class Segmenter:
         # Committed masks lose islands and holes smaller than this many pixels (0: kept as predicted).
         self.min_region_area = 0
         self._image = image
-        self._shown_plane: Plane | None = None
+        # The plane whose candidates are drawn, and the layers they are drawn in.
+        self._shown: tuple[Plane, tuple[Labels, ...]] | None = None
         self._dim_warned: set[tuple] = set()
         if model is not None:
             self.set_model(model, device=device)
@@ -223,7 +223,7 @@ class Segmenter:
             loaded, name = model, "model"
         else:
             loaded = load_model(model, device=device, progress=progress)
-            name = str(model) if str(model) in REGISTRY else Path(model).name
+            name = os.fspath(model)
         self.use_model(loaded, name)
         return loaded
 
@@ -256,9 +256,12 @@ class Segmenter:
 
     @image_layer.setter
     def image_layer(self, layer: Image | None) -> None:
+        """Segment ``layer`` (None: follow the selection); samkit's layers of it come above it."""
         if layer is not None and not isinstance(layer, Image):
             raise ParameterError(f"{layer.name!r} is a {type(layer).__name__} layer: choose an image layer.")
         self._image = layer
+        if layer is not None:
+            _layers.keep_above(self.viewer, layer)
 
     def plane(self) -> Plane:
         """The plane of the image layer in view."""
@@ -333,6 +336,7 @@ class Segmenter:
         self.predictor = predictor
         self.embedded = request
         self.candidates = None
+        _layers.keep_above(self.viewer, request.plane.layer)
         return True
 
     def embed(self, progress: Progress | None = None) -> None:
@@ -480,42 +484,50 @@ class Segmenter:
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
         """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``.
 
-        ``thumbnails=False`` leaves the two layers' thumbnails for :meth:`refresh_thumbnails`:
-        live predictions update the layers many times a second, and each new thumbnail also
-        repaints napari's layer list.
+        Whatever was shown before, on another plane or another image (of any size), is cleared
+        from the layers it was drawn in. ``thumbnails=False`` leaves the two layers' thumbnails
+        for :meth:`refresh_thumbnails`: live predictions update the layers many times a second,
+        and each new thumbnail also repaints napari's layer list.
         """
         self.candidates = candidates
-        image = candidates.plane.layer if candidates else (self.embedded.plane.layer if self.embedded else None)
-        if image is None or image not in self.viewer.layers:
+        plane = candidates.plane if candidates is not None else None
+        drawn: tuple[Labels, ...] = ()
+        if plane is not None and plane.layer in self.viewer.layers:
+            drawn = (_layers.candidates_layer(self.viewer, plane.layer), _layers.current_layer(self.viewer, plane.layer))
+        previous = self._shown
+        if previous is not None and (previous[0] != plane or previous[1] != drawn):
+            self._clear_shown(thumbnails)
+        if not drawn:
+            self._shown = None
             return
-        outline_layer = _layers.candidates_layer(self.viewer, image)
-        current = _layers.current_layer(self.viewer, image)
-        previous = self._shown_plane
-        plane = candidates.plane if candidates else previous
-        if plane is None:
-            return
-        if previous is not None and previous != plane and previous.layer is image:
-            previous.write(outline_layer.data, np.zeros(previous.shape, np.uint8))
-            previous.write(current.data, np.zeros(previous.shape, np.uint8))
-        if candidates is None:
-            plane.write(outline_layer.data, np.zeros(plane.shape, np.uint8))
-            plane.write(current.data, np.zeros(plane.shape, np.uint8))
-        else:
-            plane.write(outline_layer.data, candidates.outlines)
-            plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
+        outline_layer, current = drawn
+        plane.write(outline_layer.data, candidates.outlines)
+        plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
         # The layers keep their shape, so their extent (and the viewer's dims) stay as they are.
-        outline_layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
-        current.refresh(thumbnail=thumbnails, extent=False, highlight=False)
-        self._shown_plane = plane
+        for layer in drawn:
+            layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
+        self._shown = (plane, drawn)
+
+    def _clear_shown(self, thumbnails: bool) -> None:
+        """Clear the candidates shown last from the layers they were drawn in (those still there)."""
+        plane, drawn = self._shown
+        self._shown = None
+        for layer in drawn:
+            if layer not in self.viewer.layers:
+                continue
+            if plane.layer in self.viewer.layers and layer.data.shape == spatial_shape(plane.layer):
+                plane.write(layer.data, np.zeros(plane.shape, layer.data.dtype))
+            else:
+                # The image went or changed shape: the whole layer held only that plane's candidates.
+                layer.data[...] = 0
+            layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
 
     def refresh_thumbnails(self) -> None:
         """Bring the layer-list thumbnails of ``samkit: candidates`` and ``samkit: current`` up to date."""
-        plane = self._shown_plane
-        if plane is None or plane.layer not in self.viewer.layers:
+        if self._shown is None:
             return
-        for name in (_layers.CANDIDATES, _layers.CURRENT):
-            layer = _layers.existing_labels(self.viewer, plane.layer, name)
-            if layer is not None:
+        for layer in self._shown[1]:
+            if layer in self.viewer.layers:
                 layer.refresh(data_displayed=False, highlight=False, extent=False)
 
     def predict(self) -> Candidates | None:
@@ -563,6 +575,7 @@ class Segmenter:
         found = self.candidates
         if found is None:
             raise PromptError("Nothing to commit: add a point or a box first.")
+        self._require_unchanged(found.plane, "choosing a candidate")
         mask = clean_mask(found.masks[found.chosen], self.min_region_area)
         objects = _layers.objects_layer(self.viewer, found.plane.layer)
         if not overwrite:
@@ -594,11 +607,18 @@ class Segmenter:
             layer = None
         return layer or _layers.find(self.viewer, _layers.OBJECTS, Labels)
 
-    def undo(self) -> None:
-        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation)."""
+    def undo(self) -> Labels:
+        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation).
+
+        Returns the layer; raises ``PromptError`` when there is nothing to undo.
+        """
         layer = self._objects_in_use()
-        if layer is not None:
-            layer.undo()
+        if layer is None:
+            raise PromptError(f"There is nothing to undo: there is no '{_layers.OBJECTS}' layer yet.")
+        if not getattr(layer, "_undo_history", True):
+            raise PromptError(f"There is nothing left to undo in '{layer.name}'.")
+        layer.undo()
+        return layer
 
     # Grid mode.
 
@@ -638,15 +658,22 @@ class Segmenter:
         """Grid mode on the plane in view (on this thread); returns ``samkit: auto``."""
         return self.show_grid(self.compute_grid(self.grid_request(), params, progress, cancel))
 
+    @property
+    def grid_image(self) -> Image:
+        """The image whose grid mode objects are moved: that of the last grid run, else the current one."""
+        if self.grid is not None and self.grid.plane.layer in self.viewer.layers:
+            return self.grid.plane.layer
+        return self.image_layer
+
     def move_to_objects(self, ids: Sequence[int] | None = None, overwrite: bool = False) -> list[int]:
         """Move objects of ``samkit: auto`` (all, or ``ids``) into ``samkit: objects``; returns their new ids.
 
         One undo reverts the whole move. Pixels of existing objects are kept unless ``overwrite``.
         """
-        auto = _layers.find(self.viewer, _layers.AUTO, Labels)
+        image = self.grid_image
+        auto = _layers.existing_labels(self.viewer, image, _layers.AUTO)
         if auto is None:
-            raise PromptError("There is no 'samkit: auto' layer: run grid mode first.")
-        image = self.grid.plane.layer if self.grid else self.image_layer
+            raise PromptError(f"There is no 'samkit: auto' layer for {image.name!r}: run grid mode on it first.")
         objects = _layers.objects_layer(self.viewer, image)
         present = np.unique(auto.data)
         present = present[present > 0]
