@@ -45,6 +45,7 @@ class Job(QObject):
 
     ``on_done(result)`` runs on the GUI thread. A samkit error shows as a notification with its
     message; any other error as a notification too (with its type), never only in a terminal.
+    ``error`` then holds that message (None while none was raised, and after a cancel).
     ``interactive`` jobs (quick, frequent: predictions) all run on one thread of their own.
     """
 
@@ -69,6 +70,7 @@ class Job(QObject):
         self._quiet = quiet
         self._interactive = interactive
         self.running = False
+        self.error: str | None = None
         if on_progress is not None:
             self.progressed.connect(on_progress)
 
@@ -114,10 +116,9 @@ class Job(QObject):
         if isinstance(error, Cancelled):
             if not self._quiet:
                 show_info(str(error))
-        elif isinstance(error, SamkitError):
-            show_error(str(error))
-        else:
-            show_error(f"{self.name} failed: {type(error).__name__}: {error}")
+            return
+        self.error = str(error) if isinstance(error, SamkitError) else f"{type(error).__name__}: {error}"
+        show_error(self.error if isinstance(error, SamkitError) else f"{self.name} failed: {self.error}")
 
     def _finished(self) -> None:
         self.running = False

@@ -310,12 +310,14 @@ class SegmentWidget(JobWidget):
         self.schedule_predict()
 
     def _embed_finished(self) -> None:
-        undelivered, self._embed_request = self._embed_request is not None, None
+        request, self._embed_request = self._embed_request, None
+        job = self.embed_job
         if self._embed_again:
             self._embed_again = False
             self.embed()
-        elif undelivered and self.embed_job is not None and self.embed_job.cancelled:
-            self.status.setText("Embedding cancelled.")
+        elif request is not None and job is not None and (job.cancelled or job.error is not None):
+            failed = f"Embedding {request.plane.layer.name!r} failed: {job.error.rstrip('.')}. Press Shift+E to try again."
+            self.status.setText("Embedding cancelled." if job.cancelled else failed)
             self.progress.setValue(0)
 
     def cancel(self) -> None:

@@ -1,0 +1,132 @@
+"""Widgets whose jobs share the viewer's one model, run at the same time in a napari viewer."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from samkit.plugin import _layers
+from samkit.plugin._grid_widget import GridWidget
+from samkit.plugin._segment_widget import SegmentWidget
+
+WAIT_MS = 30_000
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def notes():
+    """Messages of the napari notifications shown during a test."""
+    seen: list[str] = []
+
+    def keep(notification):
+        seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def _image(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    image = 600 + 300 * ((yy - 40) ** 2 + (xx - 60) ** 2 < 20**2) + rng.normal(0, 30, (h, w))
+    return image.astype(np.uint16)
+
+
+def _press(viewer, key: str) -> None:
+    viewer.window._qt_viewer._key_map_handler.press_key(key)
+
+
+def _segment_widget(viewer, qtbot, checkpoint) -> SegmentWidget:
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget)
+    widget.picker.add_file(checkpoint)
+    widget.picker.device.setCurrentText("cpu")
+    widget.segmenter.precision = "fp32"
+    return widget
+
+
+def test_image_added_and_selected_while_grid_mode_runs(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    """Grid mode encodes one image while the Segment widget embeds another with the same model: both
+    succeed, each progress bar counts its own job, and the Segment status says what happened."""
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="cells")
+    segment = _segment_widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(segment.embedded, timeout=WAIT_MS):
+        segment.embed()
+    segment.segmenter.cache.clear()  # grid mode computes its embedding (as after a restart), not loads it
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    assert grid.segmenter is segment.segmenter
+    grid.fields["points_per_side"].setValue(4)
+
+    # Make the two encoders overlap: grid mode encodes while the embedding has begun and waits.
+    segmenter = segment.segmenter
+    embed_started, grid_encoded = threading.Event(), threading.Event()
+    embedding_reports: list[tuple[int, int, str]] = []
+    grid_reports: list[tuple[int, int]] = []
+    real_embedding, real_grid = segmenter.compute_embedding, segmenter.compute_grid
+
+    def embedding(request, progress=None):
+        def report(done, total):
+            embedding_reports.append((done, total, threading.current_thread().name))
+            if done == 0:
+                embed_started.set()
+                grid_encoded.wait(10)
+            progress(done, total)
+        return real_embedding(request, report)
+
+    def grid_mode(request, params, progress=None, cancel=None):
+        def report(done, total):
+            grid_reports.append((done, total))
+            grid_encoded.set()
+            progress(done, total)
+        embed_started.wait(10)
+        return real_grid(request, params, report, cancel)
+
+    segmenter.compute_embedding = embedding
+    segmenter.compute_grid = grid_mode
+
+    viewer.layers.selection.active = viewer.layers["cells"]
+    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS), qtbot.waitSignal(segment.embedded, timeout=WAIT_MS):
+        _press(viewer, "G")
+        qtbot.waitUntil(lambda: grid.job is not None and grid.job.running, timeout=WAIT_MS)
+        viewer.add_image(_image(64, 80, seed=1), name="more cells")  # added layers become the selected one
+
+    assert not [note for note in notes if "failed" in note or "Iteration" in note], notes
+    assert segmenter.embedded.plane.layer is viewer.layers["more cells"]
+    assert segment.status.text().startswith("Embedded 'more cells'")
+    assert segment.progress.value() == segment.progress.maximum()
+    threads = {name for _, _, name in embedding_reports}
+    assert [(done, total) for done, total, _ in embedding_reports] == [(i, 3) for i in range(4)] and len(threads) == 1
+    assert grid_reports == [(16, 16)]
+    assert grid.status.text().startswith("Found ")
+    assert _layers.AUTO in [layer.name for layer in viewer.layers]
+
+
+def test_a_failed_embedding_says_so_in_the_status(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="cells")
+    segment = _segment_widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(segment.embedded, timeout=WAIT_MS):
+        segment.embed()
+    first = segment.embed_job
+
+    def broken(request, progress=None):
+        progress(0, 3)
+        raise RuntimeError("the encoder ran out of memory")
+
+    segment.segmenter.compute_embedding = broken
+    viewer.add_image(_image(64, 80, seed=1), name="more cells")
+    qtbot.waitUntil(lambda: segment.embed_job is not first and not segment.embed_job.running, timeout=WAIT_MS)
+    assert any("the encoder ran out of memory" in note for note in notes)
+    status = segment.status.text()
+    assert "Embedding 'more cells' failed" in status and "ran out of memory" in status and "Shift+E" in status
+    assert segment.progress.value() == 0
