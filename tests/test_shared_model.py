@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from helpers import TINY_TINY_VIT, TINY_VIT, random_state_dict
+
 from samkit.automatic import AutomaticMaskGenerator
 from samkit.model import build_sam
 from samkit.predictor import Predictor

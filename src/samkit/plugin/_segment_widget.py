@@ -40,7 +40,10 @@ REEMBED_DELAY_MS = 400
 THUMBNAIL_DELAY_MS = 300
 # The longest a live prediction holds back the window's repaints (see ``_repaint_hold``).
 REPAINT_HOLD_MS = 150
-EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
+COCO_FILTER = "COCO RLE JSON, 2D or stacks (*.json)"
+EXPORT_FILTERS = {
+    "SA-1B RLE JSON, one image (*.json)": "sa1b", COCO_FILTER: "coco", "RLE strings CSV, one image (*.csv)": "csv"
+}
 
 
 class SegmentWidget(JobWidget):
@@ -124,7 +127,7 @@ class SegmentWidget(JobWidget):
         stack_layout.addWidget(
             button("Propagate", "Shift-P", "Follow committed objects up and down the stack", self.propagate)
         )
-        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
+        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV (a stack: COCO, every slice)", self.export)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model"))
@@ -511,11 +514,18 @@ class SegmentWidget(JobWidget):
 
     def export(self, path: str | None = None, format: str | None = None) -> None:
         """Save ``samkit: objects`` as RLE (asks for a file when ``path`` is None)."""
+        objects = self.segmenter._objects_in_use()
+        shape = None if objects is None else np.shape(objects.data)
         if path is None:
-            path, chosen = QFileDialog.getSaveFileName(self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS))
+            # Only COCO holds a stack: offer it first for one.
+            offered = COCO_FILTER if shape is not None and len(shape) > 2 else ""
+            path, chosen = QFileDialog.getSaveFileName(
+                self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS), offered
+            )
             if not path:
                 return
             format = EXPORT_FILTERS.get(chosen)
         saved = self._run(lambda: self.segmenter.export(path, format))
         if saved is not None:
-            show_info(f"samkit: saved {saved}")
+            every = f" (all {int(np.prod(shape[:-2]))} slices)" if shape is not None and len(shape) > 2 else ""
+            show_info(f"samkit: saved {saved}{every}")
