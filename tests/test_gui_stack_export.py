@@ -61,7 +61,7 @@ def test_export_button_saves_every_slice_as_coco_and_napari_reopens_the_stack(an
 
     monkeypatch.setattr(_segment_widget.QFileDialog, "getSaveFileName", save_dialog)
     _press(viewer, "Shift-S")
-    assert offered == [_segment_widget.COCO_FILTER] and "COCO" in offered[0]  # the one format that holds a stack is offered first
+    assert len(offered) == 1 and offered[0].startswith("COCO")  # the one format that holds a stack is offered first
     assert any(f"saved {path} (all 3 slices)" in note for note in notes)
     [opened] = viewer.open(str(path), plugin="napari-samkit")
     assert opened.data.shape == (3, 96, 128)
@@ -96,3 +96,28 @@ def test_napari_save_of_a_stack_writes_it_or_says_why_not(annotated, tmp_path):
     assert objects.save(str(saved), plugin="napari-samkit.write_coco") == [str(saved)]
     [opened] = viewer.open(str(saved), plugin="napari-samkit")
     np.testing.assert_array_equal(np.asarray(opened.data), objects.data)
+
+
+def test_napari_save_dialog_offers_coco_for_a_stack_and_shows_a_refusal(annotated, tmp_path, monkeypatch):
+    """File > Save Selected Layers, as a user picks the file type in napari's dialog."""
+    from napari._qt import qt_viewer
+
+    viewer, _, objects = annotated
+    viewer.layers.selection = {objects}
+    choice: dict[str, str] = {}
+
+    def save_dialog(*args, filter="", **kwargs):
+        offered = filter.split(";;")
+        return str(choice["path"]), next(f for f in offered if f.startswith(choice["type"]))
+
+    monkeypatch.setattr(qt_viewer.QFileDialog, "getSaveFileName", save_dialog)
+    choice.update(path=tmp_path / "every slice.json", type="samkit COCO")
+    viewer.window._qt_viewer._save_layers_dialog(selected=True)
+    [opened] = viewer.open(str(choice["path"]), plugin="napari-samkit")
+    np.testing.assert_array_equal(np.asarray(opened.data), objects.data)
+
+    choice.update(path=tmp_path / "one image.json", type="samkit SA-1B")
+    viewer.layers.selection = {objects}
+    with pytest.raises(SamkitError, match="holds one image"):
+        viewer.window._qt_viewer._save_layers_dialog(selected=True)
+    assert not choice["path"].exists()
