@@ -7,12 +7,11 @@ import threading
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from test_plugin_widgets import WAIT_MS, _click, _image, _press
+from test_plugin_widgets import _widget as _segment_widget
 
 from samkit.plugin import _layers
 from samkit.plugin._grid_widget import GridWidget
-from samkit.plugin._segment_widget import SegmentWidget
-
-WAIT_MS = 30_000
 
 
 @pytest.fixture(autouse=True)
@@ -31,26 +30,6 @@ def notes():
     notification_manager.notification_ready.connect(keep)
     yield seen
     notification_manager.notification_ready.disconnect(keep)
-
-
-def _image(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    image = 600 + 300 * ((yy - 40) ** 2 + (xx - 60) ** 2 < 20**2) + rng.normal(0, 30, (h, w))
-    return image.astype(np.uint16)
-
-
-def _press(viewer, key: str) -> None:
-    viewer.window._qt_viewer._key_map_handler.press_key(key)
-
-
-def _segment_widget(viewer, qtbot, checkpoint) -> SegmentWidget:
-    widget = SegmentWidget(viewer)
-    qtbot.addWidget(widget)
-    widget.picker.add_file(checkpoint)
-    widget.picker.device.setCurrentText("cpu")
-    widget.segmenter.precision = "fp32"
-    return widget
 
 
 def test_image_added_and_selected_while_grid_mode_runs(make_napari_viewer, qtbot, tiny_checkpoint, notes):
@@ -98,7 +77,7 @@ def test_image_added_and_selected_while_grid_mode_runs(make_napari_viewer, qtbot
     with qtbot.waitSignal(grid.finished, timeout=WAIT_MS), qtbot.waitSignal(segment.embedded, timeout=WAIT_MS):
         _press(viewer, "G")
         qtbot.waitUntil(lambda: grid.job is not None and grid.job.running, timeout=WAIT_MS)
-        viewer.add_image(_image(64, 80, seed=1), name="more cells")  # added layers become the selected one
+        viewer.add_image(_image(64, 80), name="more cells")  # added layers become the selected one
 
     assert not [note for note in notes if "failed" in note or "Iteration" in note], notes
     assert segmenter.embedded.plane.layer is viewer.layers["more cells"]
@@ -124,9 +103,31 @@ def test_a_failed_embedding_says_so_in_the_status(make_napari_viewer, qtbot, tin
         raise RuntimeError("the encoder ran out of memory")
 
     segment.segmenter.compute_embedding = broken
-    viewer.add_image(_image(64, 80, seed=1), name="more cells")
+    viewer.add_image(_image(64, 80), name="more cells")
     qtbot.waitUntil(lambda: segment.embed_job is not first and not segment.embed_job.running, timeout=WAIT_MS)
     assert any("the encoder ran out of memory" in note for note in notes)
     status = segment.status.text()
     assert "Embedding 'more cells' failed" in status and "ran out of memory" in status and "Shift+E" in status
+    assert segment.progress.value() == 0
+
+
+def test_a_failed_propagation_says_so_in_the_status(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack([_image() for _ in range(3)]), name="stack")
+    viewer.dims.set_current_step(0, 0)
+    segment = _segment_widget(viewer, qtbot, tiny_checkpoint)
+    with qtbot.waitSignal(segment.embedded, timeout=WAIT_MS):
+        segment.embed()
+    _click(segment, qtbot, (0, 40, 60))
+    _press(viewer, "C")
+
+    def broken(request, progress=None, cancel=None, **options):
+        progress(0, 3)
+        raise RuntimeError("the disk is full")
+
+    segment.segmenter.compute_propagation = broken
+    _press(viewer, "Shift-P")
+    qtbot.waitUntil(lambda: segment.stack_job is not None and not segment.stack_job.running, timeout=WAIT_MS)
+    assert any("the disk is full" in note for note in notes)
+    assert segment.status.text() == "Propagation failed: RuntimeError: the disk is full. Nothing was changed."
     assert segment.progress.value() == 0

@@ -319,7 +319,10 @@ class SegmentWidget(JobWidget):
             self._embed_again = False
             self.embed()
         elif request is not None and job is not None and (job.cancelled or job.error is not None):
-            failed = f"Embedding {request.plane.layer.name!r} failed: {job.error.rstrip('.')}. Press Shift+E to try again."
+            failed = (
+                f"Embedding {request.plane.layer.name!r} failed: {(job.error or '').rstrip('.')}. "
+                "Press Shift+E to try again."
+            )
             self.status.setText("Embedding cancelled." if job.cancelled else failed)
             self.progress.setValue(0)
 
@@ -376,8 +379,10 @@ class SegmentWidget(JobWidget):
         self.propagated.emit()
 
     def _stack_finished(self) -> None:
-        if self.stack_job is not None and self.stack_job.cancelled:
-            self.status.setText("Propagation cancelled; nothing was changed.")
+        job = self.stack_job
+        if job is not None and (job.cancelled or job.error is not None):
+            failed = f"Propagation failed: {(job.error or '').rstrip('.')}. Nothing was changed."
+            self.status.setText("Propagation cancelled; nothing was changed." if job.cancelled else failed)
             self.progress.setValue(0)
 
     # Prediction.
