@@ -131,3 +131,26 @@ def test_a_failed_propagation_says_so_in_the_status(make_napari_viewer, qtbot, t
     assert any("the disk is full" in note for note in notes)
     assert segment.status.text() == "Propagation failed: RuntimeError: the disk is full. Nothing was changed."
     assert segment.progress.value() == 0
+
+
+def test_a_failed_grid_run_says_so_in_the_grid_status(make_napari_viewer, qtbot, tiny_checkpoint, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="cells")
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    grid.picker.add_file(tiny_checkpoint)
+    grid.picker.device.setCurrentText("cpu")
+    with qtbot.waitSignal(grid.picker.loaded, timeout=WAIT_MS):
+        grid.picker.load()
+
+    def broken(request, params, progress=None, cancel=None):
+        progress(0, 16)
+        raise RuntimeError("out of memory")
+
+    grid.segmenter.compute_grid = broken
+    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
+        _press(viewer, "G")
+    assert any("out of memory" in note for note in notes)
+    assert grid.status.text() == "Grid mode failed: RuntimeError: out of memory."
+    assert grid.progress.value() == 0
+    assert _layers.AUTO not in [layer.name for layer in viewer.layers]

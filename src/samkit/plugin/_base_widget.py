@@ -22,10 +22,28 @@ class JobWidget(QWidget):
         keep_triton_out()
         self.viewer = napari_viewer
         self.segmenter = segmenter or segmenter_for(napari_viewer)
-        self.job: Job | None = None
+        self.job = None
         self.progress = QProgressBar()
         self.picker = ModelPicker(self.segmenter, self._progress)
         self._actions: dict[str, Callable[[], None]] = {}
+
+    @property
+    def job(self) -> Job | None:
+        """The widget's current (or last) job. A job that fails says so in the widget's ``status``
+        line, so the line never keeps announcing work that ended."""
+        return self._job
+
+    @job.setter
+    def job(self, job: Job | None) -> None:
+        self._job = job
+        if job is not None:
+            job.finished.connect(lambda: self._job_ended(job))
+
+    def _job_ended(self, job: Job) -> None:
+        status = getattr(self, "status", None)
+        if job.error is not None and status is not None:
+            status.setText(f"{job.name} failed: {job.error.rstrip('.')}.")
+            self.progress.setValue(0)
 
     def bind_keys(self, actions: dict[str, Callable[[], None]]) -> None:
         """Bind each key (napari names, e.g. ``'Shift-E'``) to its action in the viewer."""
