@@ -235,8 +235,17 @@ def _export(args: argparse.Namespace) -> None:
 
     check_output_folder(args.output)
     labels = read_image(args.labels)
-    if labels.ndim != 2 or labels.dtype.kind not in "biu":
-        raise SamkitError(f"{args.labels} is not a label image: expected 2D integers, got {labels.dtype} {labels.shape}.")
+    tiff_stack = labels.ndim > 2 and Path(args.labels).suffix.lower() in (".tif", ".tiff")
+    if (labels.ndim != 2 and not tiff_stack) or labels.dtype.kind not in "biu":
+        raise SamkitError(
+            f"{args.labels} is not a label image: expected 2D integers (or a TIFF stack of them), "
+            f"got {labels.dtype} {labels.shape}."
+        )
+    if tiff_stack and args.format != "coco":
+        raise SamkitError(
+            f"{args.labels} is a stack of shape {labels.shape}, and {args.format} files hold one image: "
+            "use --format coco, which writes every slice."
+        )
     if args.format == "csv":
         rle.write_strings_csv(args.output, labels)
     else:
@@ -362,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help=f"with --automatic: {text} ({_default_text(name, default)})")
     evaluate.set_defaults(run=_evaluate)
 
-    export = commands.add_parser("export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV)")
+    export = commands.add_parser(
+        "export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV); a TIFF stack to COCO"
+    )
     export.add_argument("labels", help="label image (TIFF)")
     export.add_argument("-o", "--output", required=True, help="output file (.json, or .csv with --format csv)")
     export.add_argument("--format", choices=("sa1b", "coco", "csv"), default="sa1b")

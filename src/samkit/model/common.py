@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +101,25 @@ def make_neck(in_dim: int, out_dim: int) -> nn.Sequential:
         nn.Conv2d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
         LayerNorm2d(out_dim),
     )
+
+
+def run_stages(
+    x: torch.Tensor, stages: Iterable[nn.Module], progress: Callable[[int, int], None] | None
+) -> torch.Tensor:
+    """``x`` through each of ``stages`` in turn, calling ``progress(done, total)`` before the first and
+    after each; ``total`` is one more than the stages, the last step (the neck) reported by the caller.
+
+    The callback belongs to this call alone, so runs of one model on several threads each see their own.
+    """
+    stages = list(stages)
+    total = len(stages) + 1
+    if progress is not None:
+        progress(0, total)
+    for done, stage in enumerate(stages, 1):
+        x = stage(x)
+        if progress is not None:
+            progress(done, total)
+    return x
 
 
 def pad_to_windows(x: torch.Tensor, window: int) -> tuple[torch.Tensor, int, int]:

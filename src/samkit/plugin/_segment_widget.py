@@ -42,7 +42,10 @@ REEMBED_DELAY_MS = 400
 THUMBNAIL_DELAY_MS = 300
 # The longest a live prediction holds back the window's repaints (see ``_repaint_hold``).
 REPAINT_HOLD_MS = 150
-EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
+COCO_FILTER = "COCO RLE JSON, 2D or stacks (*.json)"
+EXPORT_FILTERS = {
+    "SA-1B RLE JSON, one image (*.json)": "sa1b", COCO_FILTER: "coco", "RLE strings CSV, one image (*.csv)": "csv"
+}
 
 
 def _swatch(color: str) -> QIcon:
@@ -165,7 +168,7 @@ class SegmentWidget(JobWidget):
         stack_layout.addWidget(
             button("Propagate", "Shift-P", "Follow committed objects up and down the stack", self.propagate)
         )
-        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
+        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV (a stack: COCO, every slice)", self.export)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model"))
@@ -365,12 +368,17 @@ class SegmentWidget(JobWidget):
         self.schedule_predict()
 
     def _embed_finished(self) -> None:
-        undelivered, self._embed_request = self._embed_request is not None, None
+        request, self._embed_request = self._embed_request, None
+        job = self.embed_job
         if self._embed_again:
             self._embed_again = False
             self.embed()
-        elif undelivered and self.embed_job is not None and self.embed_job.cancelled:
-            self.status.setText("Embedding cancelled.")
+        elif request is not None and job is not None and (job.cancelled or job.error is not None):
+            failed = (
+                f"Embedding {request.plane.layer.name!r} failed: {(job.error or '').rstrip('.')}. "
+                "Press Shift+E to try again."
+            )
+            self.status.setText("Embedding cancelled." if job.cancelled else failed)
             self.progress.setValue(0)
 
     def cancel(self) -> None:
@@ -427,8 +435,10 @@ class SegmentWidget(JobWidget):
         self.propagated.emit()
 
     def _stack_finished(self) -> None:
-        if self.stack_job is not None and self.stack_job.cancelled:
-            self.status.setText("Propagation cancelled; nothing was changed.")
+        job = self.stack_job
+        if job is not None and (job.cancelled or job.error is not None):
+            failed = f"Propagation failed: {(job.error or '').rstrip('.')}. Nothing was changed."
+            self.status.setText("Propagation cancelled; nothing was changed." if job.cancelled else failed)
             self.progress.setValue(0)
 
     # Prediction.
@@ -581,11 +591,18 @@ class SegmentWidget(JobWidget):
 
     def export(self, path: str | None = None, format: str | None = None) -> None:
         """Save ``samkit: objects`` as RLE (asks for a file when ``path`` is None)."""
+        objects = self.segmenter._objects_in_use()
+        shape = None if objects is None else np.shape(objects.data)
         if path is None:
-            path, chosen = QFileDialog.getSaveFileName(self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS))
+            # Only COCO holds a stack: offer it first for one.
+            offered = COCO_FILTER if shape is not None and len(shape) > 2 else ""
+            path, chosen = QFileDialog.getSaveFileName(
+                self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS), offered
+            )
             if not path:
                 return
             format = EXPORT_FILTERS.get(chosen)
         saved = self._run(lambda: self.segmenter.export(path, format))
         if saved is not None:
-            show_info(f"samkit: saved {saved}")
+            every = f" (all {int(np.prod(shape[:-2]))} slices)" if shape is not None and len(shape) > 2 else ""
+            show_info(f"samkit: saved {saved}{every}")

@@ -40,6 +40,9 @@ from . import _layers
 from ._plane import Plane, plane_in_view, spatial_shape
 from ._prompts import Prompt, prompt_from_layers
 
+# The export formats and what the user knows them as; only COCO holds a stack.
+EXPORT_FORMATS = {"sa1b": "SA-1B RLE JSON", "coco": "COCO RLE JSON", "csv": "A CSV of RLE strings"}
+
 # The logit offset of the stability score shown beside each candidate (SAM's default).
 STABILITY_OFFSET = GENERATOR_OPTIONS["stability_score_offset"][1]
 # A one-channel image whose pixels (their 0.5 to 99.5 percentiles) span less than this share of its
@@ -787,22 +790,27 @@ class Segmenter:
     def export(self, path: str | os.PathLike, format: str | None = None, layer: Labels | None = None) -> Path:
         """Save a labels layer (default ``samkit: objects``) as RLE: SA-1B or COCO JSON, or CSV strings.
 
-        ``format`` is "sa1b", "coco" or "csv" (default from the extension: .csv -> csv, else sa1b).
-        A stack is saved plane by plane: the plane in view.
+        ``format`` is "sa1b", "coco" or "csv" (default from the extension: .csv -> csv, else sa1b,
+        or coco for a stack). COCO holds a stack (every slice, one COCO image each); SA-1B and the
+        CSV hold one image and refuse a stack.
         """
         layer = layer or self._objects_in_use()
         if layer is None:
             raise FormatError("There is nothing to export: commit an object first (or pick a labels layer).")
         path = Path(path)
-        format = format or ("csv" if path.suffix.lower() == ".csv" else "sa1b")
         labels = np.asarray(layer.data)
-        if labels.ndim > 2:
-            labels = np.asarray(self.plane().read(labels))
+        stack = labels.ndim > 2
+        format = format or ("csv" if path.suffix.lower() == ".csv" else "coco" if stack else "sa1b")
+        if format not in EXPORT_FORMATS:
+            raise FormatError(f"Unknown export format {format!r}: use 'sa1b', 'coco' or 'csv'.")
+        if stack and format != "coco":
+            raise FormatError(
+                f"{EXPORT_FORMATS[format]} holds one image, but {layer.name!r} is a stack of shape {labels.shape}: "
+                "nothing was saved. Export it as COCO RLE JSON (format 'coco'), which holds every slice."
+            )
         name = self.image_layer.name if self.viewer.layers else layer.name
         if format == "sa1b":
             return Path(rle.write_sa1b(path, labels, file_name=name))
         if format == "coco":
             return Path(rle.write_coco(path, labels, file_name=name))
-        if format == "csv":
-            return Path(rle.write_strings_csv(path, labels))
-        raise FormatError(f"Unknown export format {format!r}: use 'sa1b', 'coco' or 'csv'.")
+        return Path(rle.write_strings_csv(path, labels))
