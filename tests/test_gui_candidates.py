@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import test_plugin_widgets
 from napari.utils.colormaps.standardize_color import transform_color
 from test_plugin_widgets import WAIT_MS, _press
 
@@ -12,14 +10,9 @@ from samkit.plugin import _layers
 from samkit.plugin._sample_data import nuclei_sample
 from samkit.plugin._segment_widget import SegmentWidget
 
-notes = test_plugin_widgets.notes  # the fixture: napari notifications shown during a test
 # The README's first command clicks this nucleus of the sample (x, y).
 README_POINT = (213, 143)
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _clicked_nucleus(make_napari_viewer, qtbot) -> tuple[object, SegmentWidget]:

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from scipy import ndimage
 from test_plugin_widgets import WAIT_MS, _DiscPredictor, _image, _press, _widget
 
 from samkit.plugin import _layers
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 class _SpeckledPredictor(_DiscPredictor):

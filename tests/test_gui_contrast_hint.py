@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import test_plugin_widgets
 from test_plugin_widgets import WAIT_MS, _press
 
 from samkit.evaluate import mask_iou
 from samkit.plugin._sample_data import nuclei_sample
 from samkit.plugin._segment_widget import SegmentWidget
 
-notes = test_plugin_widgets.notes  # the fixture: napari notifications shown during a test
 README_POINT = (213, 143)  # x, y of a nucleus of the sample
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 def test_dim_image_gets_an_auto_contrast_hint_that_improves_the_mask(make_napari_viewer, qtbot, notes):

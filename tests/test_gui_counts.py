@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from samkit.automatic import AutomaticMaskGenerator
 from samkit.plugin import _layers
@@ -12,10 +11,6 @@ from samkit.plugin._grid_widget import GridWidget
 WAIT_MS = 30_000
 SHAPE = (96, 128)
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _record(rows: slice, cols: slice, iou: float) -> dict:

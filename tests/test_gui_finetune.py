@@ -5,30 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from napari.utils.notifications import notification_manager
-
 from samkit.plugin._train_widget import TrainWidget
 from samkit.train import TrainResult
 
 WAIT_MS = 300_000
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def notes():
-    seen: list[str] = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def _press(viewer, key: str) -> None:

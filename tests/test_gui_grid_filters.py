@@ -16,11 +16,7 @@ TINY = "samkit_tiny"
 CARD = weights.grid_filters(TINY)
 SAM_IOU, SAM_STABILITY = (GENERATOR_OPTIONS[key][1] for key in weights.GRID_FILTERS)
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    """An empty model cache: samkit_tiny, which ships with samkit, is the model chosen at first."""
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
+# Each test's model cache is empty (conftest): samkit_tiny, which ships with samkit, is the model chosen at first.
 
 
 def _nuclei(viewer):

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import test_plugin_widgets
-from test_plugin_interaction import _small_grid
+from test_plugin_interaction import _grid
 from test_plugin_widgets import WAIT_MS, _click, _embed, _image, _press, _widget
 
 from samkit.plugin import _layers
-from samkit.plugin._grid_widget import GridWidget
-
-notes = test_plugin_widgets.notes  # the fixture: napari notifications shown during a test
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _names(viewer) -> list[str]:
@@ -83,16 +74,6 @@ def test_prompt_and_result_layers_stay_above_the_image_being_segmented(
         viewer.layers.selection.active = first
     names = _names(viewer)
     assert [name for name in names[names.index("first") + 1 :] if name in ours] == ours, names
-
-
-def _grid(viewer, qtbot, checkpoint) -> GridWidget:
-    grid = GridWidget(viewer)
-    qtbot.addWidget(grid)
-    grid.picker.add_file(checkpoint)
-    grid.picker.device.setCurrentText("cpu")
-    grid.segmenter.precision = "fp32"
-    _small_grid(grid)
-    return grid
 
 
 def test_grid_results_of_an_image_added_later_show_above_it(make_napari_viewer, qtbot, tiny_checkpoint):

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from test_plugin_interaction import _use_rings_predictor
 from test_plugin_widgets import _click, _embed, _image, _press, _widget
 
 from samkit.plugin import _layers
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 def test_samkit_keys_work_with_the_image_layer_selected(make_napari_viewer, qtbot, tiny_checkpoint):

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication, QStyle, QStyleOptionViewItem
 from test_plugin_interaction import _use_rings_predictor
 from test_plugin_widgets import WAIT_MS, _press, _widget
 
 from samkit.plugin import _layers
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _shown_names(viewer) -> dict[str, str]:

@@ -10,11 +10,6 @@ from samkit.plugin import _layers
 from samkit.plugin._screen_size import EDGE_PX, MARKER_PX
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
-
-
 def _marker_width(shot: np.ndarray) -> int:
     """Width in screen pixels of the marker drawn at the canvas centre (green, with a white border)."""
     h, w = shot.shape[:2]

@@ -5,31 +5,11 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
-from napari.utils.notifications import notification_manager
 from test_plugin_widgets import WAIT_MS, _click, _image, _press
 from test_plugin_widgets import _widget as _segment_widget
 
 from samkit.plugin import _layers
 from samkit.plugin._grid_widget import GridWidget
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during a test."""
-    seen: list[str] = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def test_image_added_and_selected_while_grid_mode_runs(make_napari_viewer, qtbot, tiny_checkpoint, notes):
@@ -131,26 +111,3 @@ def test_a_failed_propagation_says_so_in_the_status(make_napari_viewer, qtbot, t
     assert any("the disk is full" in note for note in notes)
     assert segment.status.text() == "Propagation failed: RuntimeError: the disk is full. Nothing was changed."
     assert segment.progress.value() == 0
-
-
-def test_a_failed_grid_run_says_so_in_the_grid_status(make_napari_viewer, qtbot, tiny_checkpoint, notes):
-    viewer = make_napari_viewer()
-    viewer.add_image(_image(), name="cells")
-    grid = GridWidget(viewer)
-    qtbot.addWidget(grid)
-    grid.picker.add_file(tiny_checkpoint)
-    grid.picker.device.setCurrentText("cpu")
-    with qtbot.waitSignal(grid.picker.loaded, timeout=WAIT_MS):
-        grid.picker.load()
-
-    def broken(request, params, progress=None, cancel=None):
-        progress(0, 16)
-        raise RuntimeError("out of memory")
-
-    grid.segmenter.compute_grid = broken
-    with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
-        _press(viewer, "G")
-    assert any("out of memory" in note for note in notes)
-    assert grid.status.text() == "Grid mode failed: RuntimeError: out of memory."
-    assert grid.progress.value() == 0
-    assert _layers.AUTO not in [layer.name for layer in viewer.layers]

@@ -10,11 +10,6 @@ from samkit.errors import SamkitError
 from samkit.plugin import _layers, _segment_widget
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture
 def annotated(make_napari_viewer, qtbot, tiny_checkpoint):
     """A viewer with a 3-slice stack and one object committed on slice 0 and one on slice 2."""
@@ -35,19 +30,6 @@ def annotated(make_napari_viewer, qtbot, tiny_checkpoint):
     viewer.dims.set_current_step(0, 2)  # the slice in view is not the only one that leaves
     return viewer, widget, objects
 
-
-@pytest.fixture
-def notes(qtbot):
-    from napari.utils.notifications import notification_manager
-
-    seen: list[str] = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def test_export_button_saves_every_slice_as_coco_and_napari_reopens_the_stack(annotated, tmp_path, monkeypatch, notes):

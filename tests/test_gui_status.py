@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
-import test_plugin_widgets
-from test_plugin_interaction import _small_grid, _use_rings_predictor
+from test_plugin_interaction import _grid, _use_rings_predictor
 from test_plugin_widgets import WAIT_MS, _click, _embed, _image, _press, _widget
 
 from samkit.plugin._grid_widget import GridWidget
 from samkit.plugin._segment_widget import SegmentWidget
-
-notes = test_plugin_widgets.notes  # the fixture: napari notifications shown during a test
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
-
-
-def _grid(viewer, qtbot, checkpoint) -> GridWidget:
-    grid = GridWidget(viewer)
-    qtbot.addWidget(grid)
-    grid.picker.add_file(checkpoint)
-    grid.picker.device.setCurrentText("cpu")
-    grid.segmenter.precision = "fp32"
-    _small_grid(grid)
-    return grid
 
 
 def test_undo_and_a_failed_commit_replace_the_committed_line(make_napari_viewer, qtbot, tiny_checkpoint):
@@ -83,7 +64,7 @@ def test_a_model_that_fails_to_load_says_so_on_the_status_line(make_napari_viewe
     assert widget.picker.status.text() == "No model loaded"
 
 
-def test_a_new_model_or_a_failed_embedding_replaces_the_embedded_line(
+def test_a_new_model_replaces_the_embedded_line(
     make_napari_viewer, qtbot, tiny_checkpoint, notes
 ):
     viewer = make_napari_viewer()
@@ -99,15 +80,7 @@ def test_a_new_model_or_a_failed_embedding_replaces_the_embedded_line(
     qtbot.addWidget(later)
     assert later.status.text() == "Model retrained.pth is in use: embed the image (Shift+E)."
     later.close()
-
-    def broken(request, progress=None):
-        raise RuntimeError("out of memory")
-
-    widget.segmenter.compute_embedding = broken
-    qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
-    widget.embed()
-    qtbot.waitUntil(lambda: not widget.embed_job.running, timeout=WAIT_MS)
-    assert widget.status.text() == "Embedding failed: RuntimeError: out of memory" == notes[-1]
+    # A failed embedding replacing the line: test_gui_shared_model.test_a_failed_embedding_says_so_in_the_status.
 
 
 def test_a_failed_grid_run_replaces_the_running_line(make_napari_viewer, qtbot, tiny_checkpoint, notes):
@@ -124,6 +97,7 @@ def test_a_failed_grid_run_replaces_the_running_line(make_napari_viewer, qtbot, 
     with qtbot.waitSignal(grid.finished, timeout=WAIT_MS):
         _press(viewer, "G")
     assert grid.status.text() == "Grid mode failed: RuntimeError: out of memory" == notes[-1]
+    assert grid.progress.value() == 0
     assert not np.any([layer.name == "samkit: auto" for layer in viewer.layers])
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_plugin_widgets
 import torch
 from qtpy.QtCore import QPoint, Qt
 from qtpy.QtWidgets import QAbstractButton, QPushButton
@@ -25,8 +24,6 @@ from samkit.automatic import GENERATOR_OPTIONS, generator_options
 from samkit.plugin import Segmenter, _layers
 from samkit.plugin._grid_widget import GridWidget
 from samkit.plugin._segment_widget import SegmentWidget
-
-notes = test_plugin_widgets.notes  # the fixture: napari notifications shown during a test
 
 
 @pytest.fixture(autouse=True)
@@ -171,6 +168,17 @@ def _small_grid(grid: GridWidget) -> None:
     grid.fields["pred_iou_thresh"].setValue(0.0)
     grid.fields["stability_score_thresh"].setValue(0.0)
     grid.fields["box_nms_thresh"].setValue(1.0)
+
+
+def _grid(viewer, qtbot, checkpoint) -> GridWidget:
+    """A Grid mode widget with the small checkpoint on the CPU and a small grid."""
+    grid = GridWidget(viewer)
+    qtbot.addWidget(grid)
+    grid.picker.add_file(checkpoint)
+    grid.picker.device.setCurrentText("cpu")
+    grid.segmenter.precision = "fp32"
+    _small_grid(grid)
+    return grid
 
 
 def test_grid_keys_and_buttons_run_and_move_all(make_napari_viewer, qtbot, tiny_checkpoint):

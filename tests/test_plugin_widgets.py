@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from napari.layers import Labels
-from napari.utils.notifications import notification_manager
 
 from samkit.plugin import _io, _jobs, _layers
 from samkit.plugin._grid_widget import GridWidget
@@ -17,22 +16,6 @@ from samkit.plugin._segment_widget import SegmentWidget
 WAIT_MS = 30_000
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture
-def notes():
-    """Messages of the napari notifications shown during a test."""
-    seen: list[str] = []
-
-    def keep(notification):
-        seen.append(str(notification.message))
-
-    notification_manager.notification_ready.connect(keep)
-    yield seen
-    notification_manager.notification_ready.disconnect(keep)
 
 
 def test_outlines_draw_each_mask_edge_with_smaller_masks_on_top():

@@ -29,6 +29,10 @@ class ParameterError(SamkitError, ValueError):
     """A setting is out of range or conflicts with another setting."""
 
 
+class OutputError(SamkitError, OSError):
+    """A result could not be written: a read-only folder, a full disk, a path that is not allowed."""
+
+
 class Cancelled(SamkitError):
     """Long work was cancelled on request before it finished."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ImageError, SamkitError
+from .errors import ImageError, OutputError, SamkitError
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -51,7 +51,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         os.replace(temporary, path)
     except OSError as exc:
-        raise SamkitError(
+        raise OutputError(
             f"Could not write {path}: {exc.strerror or exc}. Check that {path.parent} is writable and has free "
             "space, or choose another output path."
         ) from exc

@@ -48,7 +48,11 @@ class JobWidget(QWidget):
 
     def watch(self, job: Job) -> None:
         """Show ``job``'s failure on the status line too (its notification shows it already)."""
-        job.failed.connect(self._tell)
+        job.failed.connect(self._job_failed)
+
+    def _job_failed(self, message: str) -> None:
+        self.progress.setValue(0)
+        self._tell(message)
 
     def fail(self, message: str) -> None:
         """Say why an action could not be done: in a notification and on the status line."""
