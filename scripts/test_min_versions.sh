@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 venv=$(mktemp -d)/venv
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then venv=$1; shift; fi
 "${PYTHON:-python3.10}" -m venv --clear "$venv"
+export PATH="$venv/bin:$PATH"  # as if activated: the tests run npe2 from it
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -c scripts/min-versions.txt -e ".[test]"
 "$venv/bin/python" -m pip list --format=freeze

@@ -10,15 +10,17 @@ from torch import nn
 ONEDNN_MIN_ROWS = 256
 
 
-def _onednn_linear_works() -> bool:
+def _onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
     try:
-        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        x, w = torch.ones(2, 3, dtype=dtype), torch.ones(4, 3, dtype=dtype)
         return bool(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "").eq(3).all())
     except (AttributeError, RuntimeError):
         return False
 
 
 ONEDNN_LINEAR = _onednn_linear_works()
+# Older oneDNN builds (PyTorch 2.4 on a CPU without AVX-512) have no bfloat16 inner product.
+ONEDNN_LINEAR_BF16 = ONEDNN_LINEAR and _onednn_linear_works(torch.bfloat16)
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, activation: str | None = None) -> torch.Tensor:
@@ -43,7 +45,7 @@ def affine(
         ONEDNN_LINEAR
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
-        and dtype in (torch.float32, torch.bfloat16)
+        and (dtype == torch.float32 or (dtype == torch.bfloat16 and ONEDNN_LINEAR_BF16))
         and x.dtype in (torch.float32, dtype)
         and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
