@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, official_model, our_model, random_sam_state  # noqa: E402
+from run import RESULTS, official_model, our_model, random_sam_state
 
 
 def blobs(size: int, seed: int = 0) -> np.ndarray:

@@ -495,19 +495,21 @@ def test_masks_to_labels_smaller_on_top():
         {"segmentation": square(shape, 22, 22, 3)},
         {"segmentation": square(shape, 6, 6, 10)},  # equal area to record 0 and overlapping: 0 is on top
         {"segmentation": np.zeros(shape, dtype=bool)},
+        {"segmentation": square(shape, 20, 20, 10), "predicted_iou": 0.5},  # entirely under record 2
     ]
     labels, table = masks_to_labels(records)
     assert labels.dtype == np.int32 and labels.shape == shape
     assert labels[7, 7] == 1 and labels[15, 15] == 5 and labels[1, 1] == 2 and labels[23, 23] == 4
     assert labels[21, 21] == 3 and labels[35, 45] == 0
-    assert table["label"].tolist() == [1, 2, 3, 4, 5, 6]
-    assert table["mask_area"].tolist() == [100, 900, 100, 9, 100, 0]
-    assert table["area"].tolist() == [(labels == k).sum() for k in range(1, 7)]
-    assert table["area"][0] == 100 and table["area"][3] == 9 and table["area"][5] == 0
+    # One row per label the image holds: the empty mask and the hidden one have none.
+    assert table["label"].tolist() == [1, 2, 3, 4, 5] == sorted(set(np.unique(labels)) - {0})
+    assert table["mask_area"].tolist() == [100, 900, 100, 9, 100]
+    assert table["area"].tolist() == [(labels == k).sum() for k in range(1, 6)]
+    assert table["area"][0] == 100 and table["area"][3] == 9
     assert table["predicted_iou"][0] == 0.9 and table["predicted_iou"][1] == 0.95
     assert np.isnan(table["predicted_iou"][2]) and np.isnan(table["point_x"][1])
     assert [table[k][0] for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h", "point_x", "point_y")] == [5, 5, 9, 9, 7, 8]
-    assert all(column.ndim == 1 and len(column) == 6 for column in table.values())
+    assert all(column.ndim == 1 and len(column) == 5 for column in table.values())
 
 
 def test_masks_to_labels_of_generator_output(model, image):
@@ -520,15 +522,17 @@ def test_masks_to_labels_of_generator_output(model, image):
         other_labels, other_table = masks_to_labels(records)
         assert np.array_equal(other_labels, labels)
         assert other_table["area"].tolist() == table["area"].tolist()
-    assert table["mask_area"].tolist() == [r["area"] for r in binary]
-    assert table["predicted_iou"].tolist() == [r["predicted_iou"] for r in binary]
+    # One row per label in the image, in the order of the records the labels came from.
+    shown = [int(k) - 1 for k in table["label"]]
+    assert shown == sorted(int(k) - 1 for k in np.unique(labels[labels > 0]))
+    assert table["mask_area"].tolist() == [binary[i]["area"] for i in shown]
+    assert table["predicted_iou"].tolist() == [binary[i]["predicted_iou"] for i in shown]
     # every labelled pixel belongs to the mask of its label, and to no smaller mask
-    areas = table["mask_area"]
     for k in np.unique(labels[labels > 0]):
         pixels = labels == k
         assert binary[k - 1]["segmentation"][pixels].all()
-        for other, record in enumerate(binary):
-            if areas[other] < areas[k - 1]:
+        for record in binary:
+            if record["area"] < binary[k - 1]["area"]:
                 assert not (record["segmentation"] & pixels).any()
 
 

@@ -143,14 +143,15 @@ def test_export_csv_strings_decode_back(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "back.tif"), labels)
 
 
-def test_unreadable_and_empty_images_are_skipped_and_the_run_goes_on(tiny_checkpoint, folder, tmp_path, capsys):
+def test_unreadable_and_empty_images_fail_and_the_run_goes_on(tiny_checkpoint, folder, tmp_path, capsys):
     (folder / "broken.png").write_bytes(b"not a png at all")
     tifffile.imwrite(folder / "pixel.tif", np.zeros((1, 1), np.uint8))
     out = tmp_path / "out"
-    assert main(["auto", str(folder), "-o", str(out), "--model", str(tiny_checkpoint), *LOOSE]) == 0
+    assert main(["auto", str(folder), "-o", str(out), "--model", str(tiny_checkpoint), *LOOSE]) == 1
     printed = capsys.readouterr().out
-    assert "broken.png: skipped: Could not read" in printed
-    assert "pixel.tif: skipped: The image is too small" in printed
+    assert "broken.png: failed: Could not read" in printed
+    assert "pixel.tif: failed: The image is too small" in printed
+    assert "2 of 4 images failed:" in printed
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a_labels.tif", "b.json", "b_labels.tif"]
 
 

@@ -40,6 +40,6 @@ def test_wheel_carries_the_manifest_and_the_shipped_model(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         manifest = archive.read("samkit/napari.yaml").decode()
         shipped = {name: archive.read(f"samkit/data/{name}") for name in ("samkit_tiny.pth", "samkit_tiny.json")}
-    assert manifest == (ROOT / "napari.yaml").read_text()
+    assert manifest == (ROOT / "src" / "samkit" / "napari.yaml").read_text()
     for name, content in shipped.items():
         assert content == (ROOT / "src" / "samkit" / "data" / name).read_bytes(), name

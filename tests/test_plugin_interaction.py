@@ -21,7 +21,7 @@ from test_plugin_widgets import (
     _widget,
 )
 
-from samkit.automatic import GENERATOR_OPTIONS
+from samkit.automatic import GENERATOR_OPTIONS, generator_options
 from samkit.plugin import Segmenter, _layers
 from samkit.plugin._grid_widget import GridWidget
 from samkit.plugin._segment_widget import SegmentWidget
@@ -211,17 +211,19 @@ def test_grid_fields_show_every_generator_option_and_its_default(make_napari_vie
     grid = GridWidget(make_napari_viewer())
     qtbot.addWidget(grid)
     assert set(grid.fields) == set(GENERATOR_OPTIONS)
+    # Untouched, a field holds what Run uses: the model card's filters of the chosen model, else SAM's default.
+    shown = generator_options(grid.run_model_name())
     for name, (kind, default, tip) in GENERATOR_OPTIONS.items():
         field = grid.fields[name]
         step = 10.0 ** -field.decimals() if kind is float else 0
-        assert field.value() == pytest.approx(default, abs=step / 2), name
+        assert field.value() == pytest.approx(shown[name], abs=step / 2), name
         assert tip in field.toolTip() and f"{default:g}" in field.toolTip(), name
 
 
 def test_grid_params_untouched_are_exactly_the_generator_defaults(make_napari_viewer, qtbot):
     grid = GridWidget(make_napari_viewer())
     qtbot.addWidget(grid)
-    assert grid.params == {name: default for name, (_, default, _) in GENERATOR_OPTIONS.items()}
+    assert grid.params == generator_options(grid.run_model_name())
 
 
 def test_ellipse_and_polygon_give_a_box_and_a_mask_prompt(make_napari_viewer, qtbot, tiny_checkpoint):
@@ -414,4 +416,4 @@ def test_model_picker_lists_every_model_with_its_state(make_napari_viewer, qtbot
     assert again.models.itemData(again.models.count() - 1) is None
     with qtbot.waitSignal(picker.loaded, timeout=WAIT_MS):
         again.load()
-    assert picker.status.text() == again.status.text() == f"Model: {Path(tiny_checkpoint).name} on cpu"
+    assert picker.status.text() == again.status.text() == f"Model: {tiny_checkpoint} on cpu"

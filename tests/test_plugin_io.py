@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from samkit import rle
+from samkit.errors import SamkitError
 from samkit.plugin import _io, _sample_data
 
 
@@ -53,10 +54,17 @@ def test_reader_declines_other_files(tmp_path):
     assert _io.get_reader([str(other)]) is None
 
 
-def test_writer_refuses_3d_labels(tmp_path):
-    with pytest.raises(ValueError, match="2D"):
-        _io.write_sa1b(str(tmp_path / "x.json"), np.zeros((2, 5, 5), np.int32), {})
-    assert not (tmp_path / "x.json").exists()
+def test_one_image_writers_refuse_a_stack_with_an_error_napari_shows(tmp_path):
+    """napari drops a writer's ValueError without a word, so a refusal must be another error."""
+    stack = np.zeros((2, 5, 5), np.int32)
+    for writer, name in ((_io.write_sa1b, "x.json"), (_io.write_rle_csv, "x.csv")):
+        with pytest.raises(SamkitError, match="holds one image.*COCO RLE JSON") as refused:
+            writer(str(tmp_path / name), stack, {"name": "samkit: objects"})
+        assert not isinstance(refused.value, ValueError)
+        assert not (tmp_path / name).exists()
+    with pytest.raises(SamkitError, match="Nothing was saved") as refused:
+        _io.write_coco(str(tmp_path / "x.json"), np.zeros((5, 5), np.float32), {})
+    assert not isinstance(refused.value, ValueError)
 
 
 def test_sample_data_is_generated_and_plausible():

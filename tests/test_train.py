@@ -362,8 +362,10 @@ def test_cancel_then_resume_continues_where_it_stopped(tmp_path):
     final = resumed.model.state_dict()
     expected = reference.model.state_dict()
     assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
-    assert [r["train_loss"] for r in resumed.history] == pytest.approx(
-        [r["train_loss"] for r in reference.history], rel=1e-5)
+    # Row 0 is the starting weights' validation: no training loss yet.
+    assert resumed.history[0]["train_loss"] is None and reference.history[0]["train_loss"] is None
+    assert [r["train_loss"] for r in resumed.history[1:]] == pytest.approx(
+        [r["train_loss"] for r in reference.history[1:]], rel=1e-5)
 
 
 def test_crash_while_saving_leaves_the_previous_files_intact(tmp_path, monkeypatch):
@@ -448,6 +450,9 @@ def test_command_line_helpers(tmp_path, capsys):
     run_from_args(args)
     printed = capsys.readouterr().out
     assert "epoch 1 (step 1)" in printed and "model: " in printed
+    # The last line says plainly whether training improved the model.
+    improved = json.loads((tmp_path / "out" / "model.json").read_text())["improved"]
+    assert printed.strip().splitlines()[-1].startswith("Best epoch 1" if improved else "Training did not improve")
     assert samkit.load_model(tmp_path / "out" / "model.pth", device="cpu").img_size == 128
 
 

@@ -51,7 +51,7 @@ class FileServer:
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
+    def do_GET(self) -> None:
         state: FileServer = self.server.state
         behaviour = state.next_behaviour(self.path)
         data = state.files.get(self.path)
@@ -72,7 +72,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             raise AssertionError(f"unknown behaviour {behaviour!r}")
 
-    def log_message(self, format, *args) -> None:  # noqa: A002
+    def log_message(self, format, *args) -> None:
         """Keep the test output quiet."""
 
 

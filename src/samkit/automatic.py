@@ -27,6 +27,7 @@ from .progress import Cancel, Progress, as_cancel
 from .rle import area as rle_area
 from .rle import decode, encode_uncompressed
 from .transforms import scale_coords
+from .weights import grid_filters
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # A mask whose box comes this close (pixels) to a crop edge inside the image is cut off by the crop.
@@ -55,6 +56,21 @@ GENERATOR_OPTIONS: dict[str, tuple[type, float, str]] = {
     "crop_n_points_downscale_factor": (int, 1, "points per side divided by this in each crop layer"),
     "min_mask_region_area": (int, 0, "remove holes and islands smaller than this (pixels)"),
 }
+
+
+def generator_options(model: str | None = None, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every parameter of ``AutomaticMaskGenerator`` for grid mode with ``model`` (a registry name).
+
+    A value in ``given`` (not None) is used as it is; else the quality filters the model card of a
+    model that ships with samkit recommends (samkit_tiny's); else SAM's default. The Grid and
+    Evaluate widgets and the command line all take their parameters from here.
+    """
+    given = given or {}
+    recommended = grid_filters(model)
+    return {
+        name: given[name] if given.get(name) is not None else recommended.get(name, default)
+        for name, (_, default, _) in GENERATOR_OPTIONS.items()
+    }
 
 
 def point_grid(n_per_side: int) -> np.ndarray:
@@ -604,7 +620,8 @@ def masks_to_labels(
     Overlaps: masks are painted from the largest to the smallest, so a smaller mask stays
     visible on top of a larger one it overlaps (a part on its whole); of equal areas the earlier
     record is on top (for ``generate`` output, the higher predicted IoU). A mask covered entirely
-    by smaller ones keeps its row, with ``area`` 0. ``shape`` (H, W) is needed only for no records.
+    by smaller ones (or empty) is not in the label image, so it has no row either: the table has
+    one row per label the image holds. ``shape`` (H, W) is needed only for no records.
 
     The table is a dict of 1-D columns, ready for a napari Labels layer's ``features``: label,
     area (pixels with that label), mask_area (pixels in the mask), bbox_x, bbox_y, bbox_w,
@@ -635,14 +652,17 @@ def _label_table(
 ) -> dict[str, np.ndarray]:
     n = len(records)
     nan = float("nan")
-    bbox = np.array([record.get("bbox", [nan] * 4) for record in records], dtype=np.float64).reshape(n, 4)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    shown = np.flatnonzero(area)
+    records = [records[i] for i in shown]
+    bbox = np.array([record.get("bbox", [nan] * 4) for record in records], dtype=np.float64).reshape(-1, 4)
     point = np.array(
         [(record.get("point_coords") or [[nan, nan]])[0] for record in records], dtype=np.float64
-    ).reshape(n, 2)
+    ).reshape(-1, 2)
     return {
-        "label": np.arange(1, n + 1, dtype=np.int32),
-        "area": np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64),
-        "mask_area": mask_areas,
+        "label": (shown + 1).astype(np.int32),
+        "area": area[shown],
+        "mask_area": mask_areas[shown],
         "bbox_x": bbox[:, 0],
         "bbox_y": bbox[:, 1],
         "bbox_w": bbox[:, 2],

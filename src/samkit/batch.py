@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .automatic import AutomaticMaskGenerator, masks_to_labels
-from .errors import ImageError, SamkitError
+from .errors import Cancelled, SamkitError
 from .io import atomic_output, read_image, write_mask
 from .rle import decode, write_coco, write_sa1b
 
@@ -21,11 +21,12 @@ METADATA_HEADER = [
 
 
 class FileResult(NamedTuple):
-    """What became of one image: the number of masks written, or why it was skipped."""
+    """What became of one image: the number of masks written, why it was skipped, or why it failed."""
 
     path: Path
     masks: int | None
     skipped: str | None = None
+    failed: str | None = None
 
 
 def image_files(source: str | os.PathLike) -> list[Path]:
@@ -73,8 +74,9 @@ def segment_files(
 ) -> Iterator[FileResult]:
     """Run ``generator`` on each file and yield what became of it.
 
-    Files done before are skipped, and so are files that cannot be read as an
-    image or hold none (the reason is in the result); the run goes on.
+    Files done before are skipped. A file that cannot be read or segmented (not an image, too
+    small, out of memory, a result that cannot be written) fails with the reason in its result,
+    and the run goes on with the next file.
 
     Per image: ``<stem>_labels.tif`` (one label per mask, smaller masks on top), ``<stem>.json``
     (SA-1B or COCO, ``fmt``) and with ``png`` a folder ``<stem>/`` of per-mask PNGs and
@@ -94,16 +96,23 @@ def segment_files(
             yield FileResult(path, None, "done before")
             continue
         try:
-            image = read_image(path)
-            records = generator.generate(image)
-        except ImageError as exc:
-            yield FileResult(path, None, str(exc))
-            continue
-        shape = (int(image.shape[0]), int(image.shape[1]))
-        labels, _ = masks_to_labels(records, shape=shape)
-        write_mask(target["labels"], labels)
-        if png:
-            _write_pngs(target["png"], records)
-        writer = write_sa1b if fmt == "sa1b" else write_coco
-        writer(target["json"], records, file_name=path.name, image_size=shape)
-        yield FileResult(path, len(records))
+            yield FileResult(path, _segment_file(path, target, generator, fmt, png))
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one image never stops a folder run; its error is reported
+            reason = str(exc) if isinstance(exc, SamkitError) else f"{type(exc).__name__}: {exc}"
+            yield FileResult(path, None, failed=reason)
+
+
+def _segment_file(path: Path, target: dict[str, Path], generator: AutomaticMaskGenerator, fmt: str, png: bool) -> int:
+    """Segment one image file and write its results; returns the number of masks."""
+    image = read_image(path)
+    records = generator.generate(image)
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    labels, _ = masks_to_labels(records, shape=shape)
+    write_mask(target["labels"], labels)
+    if png:
+        _write_pngs(target["png"], records)
+    writer = write_sa1b if fmt == "sa1b" else write_coco
+    writer(target["json"], records, file_name=path.name, image_size=shape)
+    return len(records)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, onnx_cli, train, volume_cli, weights
-from .automatic import GENERATOR_OPTIONS
+from .automatic import GENERATOR_OPTIONS, generator_options
 from .errors import SamkitError
 
 
@@ -70,14 +70,22 @@ def _segment(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
-def _embed(args: argparse.Namespace) -> None:
+def _embed(args: argparse.Namespace) -> int:
+    from .batch import FileResult
     from .io import read_image
 
     predictor = _predictor(args)
+    failed = []
     for i, path in enumerate(args.images, 1):
-        predictor.set_image(read_image(path))
-        print(f"[{i}/{len(args.images)}] {path}: embedded")
+        try:
+            predictor.set_image(read_image(path))
+        except (SamkitError, MemoryError) as exc:
+            failed.append(FileResult(Path(path), None, failed=str(exc)))
+            print(f"[{i}/{len(args.images)}] {path}: failed: {exc}")
+        else:
+            print(f"[{i}/{len(args.images)}] {path}: embedded")
     print(f"embeddings are in {predictor.cache.folder}")
+    return _failures(failed, len(args.images))
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -102,20 +110,16 @@ def _models(args: argparse.Namespace) -> None:
 
 def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
     """Grid mode's parameters: as given, else the model card's quality filters (samkit_tiny), else SAM's defaults."""
-    recommended = weights.grid_filters(args.model)
-    return {
-        name: value if (value := getattr(args, name)) is not None else recommended.get(name, default)
-        for name, (_, default, _) in GENERATOR_OPTIONS.items()
-    }
+    return generator_options(args.model, {name: getattr(args, name) for name in GENERATOR_OPTIONS})
 
 
 def _default_text(name: str, default: float) -> str:
     if name in weights.GRID_FILTERS:
-        return f"default {default:g}, or the model card's for a model that ships with samkit"
+        return f"default {default:g}, or the model card's for a model that ships with samkit (or fine-tuned from one)"
     return f"default {default:g}"
 
 
-def _auto(args: argparse.Namespace) -> None:
+def _auto(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .automatic import AutomaticMaskGenerator
@@ -138,27 +142,55 @@ def _auto(args: argparse.Namespace) -> None:
         precision=args.precision,
         progress=progress,
     )
+    failed = []
     for i, result in enumerate(segment_files(files, args.output, generator, args.format, args.png), 1):
         if bars:
             bars.pop().close()
-        state = f"skipped: {result.skipped}" if result.skipped else f"{result.masks} masks"
+        if result.failed:
+            failed.append(result)
+            state = f"failed: {result.failed}"
+        else:
+            state = f"skipped: {result.skipped}" if result.skipped else f"{result.masks} masks"
         print(f"[{i}/{len(files)}] {result.path.name}: {state}")
     print(f"results in {args.output}")
+    return _failures(failed, len(files))
 
 
-def _evaluate(args: argparse.Namespace) -> None:
+def _failures(failed: list[Any], total: int) -> int:
+    """List the files that failed (each with ``path`` and ``failed``); the exit code: 1 if any did."""
+    if failed:
+        print(f"{len(failed)} of {total} images failed:")
+        for result in failed:
+            print(f"  {result.path}: {result.failed}")
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .batch import FileResult
     from .checkpoint import check_model_name
     from .evaluate import evaluate_automatic, evaluate_interactive, pair_files
     from .io import check_output_folder, read_image
 
-    pairs = pair_files(args.images, args.labels)
+    found = pair_files(args.images, args.labels)
     if args.output:
         check_output_folder(args.output)
     check_model_name(args.model)
-    images = [read_image(image) for image, _ in pairs]
-    labels = [read_image(label) for _, label in pairs]
+    pairs, images, labels, failed = [], [], [], []
+    for image, label in found:
+        try:
+            pixels, truth = read_image(image), read_image(label)
+        except SamkitError as exc:
+            failed.append(FileResult(image, None, failed=str(exc)))
+            print(f"{image.name}: failed: {exc}")
+        else:
+            pairs.append((image, label))
+            images.append(pixels)
+            labels.append(truth)
+    if not pairs:
+        _failures(failed, len(found))
+        raise SamkitError("None of the images and their labels could be read: nothing to evaluate.")
     predictor = _predictor(args)
     bars: list[tqdm] = []
 
@@ -194,6 +226,7 @@ def _evaluate(args: argparse.Namespace) -> None:
               f"{metrics['precision']:.4f}, recall {metrics['recall']:.4f}, F1 {metrics['f1']:.4f}")
         print(f"grid mode: AP50 {metrics['ap50']:.4f}, AP75 {metrics['ap75']:.4f}, "
               f"mean accuracy over IoU 0.5:0.95 {metrics['mean_accuracy']:.4f}")
+    return _failures(failed, len(found))
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -202,8 +235,17 @@ def _export(args: argparse.Namespace) -> None:
 
     check_output_folder(args.output)
     labels = read_image(args.labels)
-    if labels.ndim != 2 or labels.dtype.kind not in "biu":
-        raise SamkitError(f"{args.labels} is not a label image: expected 2D integers, got {labels.dtype} {labels.shape}.")
+    tiff_stack = labels.ndim > 2 and Path(args.labels).suffix.lower() in (".tif", ".tiff")
+    if (labels.ndim != 2 and not tiff_stack) or labels.dtype.kind not in "biu":
+        raise SamkitError(
+            f"{args.labels} is not a label image: expected 2D integers (or a TIFF stack of them), "
+            f"got {labels.dtype} {labels.shape}."
+        )
+    if tiff_stack and args.format != "coco":
+        raise SamkitError(
+            f"{args.labels} is a stack of shape {labels.shape}, and {args.format} files hold one image: "
+            "use --format coco, which writes every slice."
+        )
     if args.format == "csv":
         rle.write_strings_csv(args.output, labels)
     else:
@@ -329,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help=f"with --automatic: {text} ({_default_text(name, default)})")
     evaluate.set_defaults(run=_evaluate)
 
-    export = commands.add_parser("export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV)")
+    export = commands.add_parser(
+        "export", help="label image (TIFF) to SA-1B / COCO RLE JSON or RLE strings (CSV); a TIFF stack to COCO"
+    )
     export.add_argument("labels", help="label image (TIFF)")
     export.add_argument("-o", "--output", required=True, help="output file (.json, or .csv with --format csv)")
     export.add_argument("--format", choices=("sa1b", "coco", "csv"), default="sa1b")
@@ -365,11 +409,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "model", "") is None:
             args.model, note = weights.default_model()
             print(f"samkit: {note}", file=sys.stderr)
-        args.run(args)
+        return args.run(args) or 0
     except SamkitError as exc:
         print(f"samkit: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    except MemoryError as exc:
+        print(f"samkit: error: not enough memory ({exc}). Try a smaller image, or close other programs.",
+              file=sys.stderr)
+    except OSError as exc:
+        print(f"samkit: error: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ deprecated ``torch.jit.trace``), predictions run op by op, after a warning.
 
 from __future__ import annotations
 
+import threading
 import warnings
 import weakref
 
@@ -21,6 +22,8 @@ from torch import nn
 from .model import ImageContext, Sam
 
 _GRAPHS: weakref.WeakKeyDictionary[Sam, dict[tuple, torch.jit.ScriptModule | None]] = weakref.WeakKeyDictionary()
+# Jobs on several threads share a model: one traces a new layout while the others wait for its graph.
+_TRACING = threading.Lock()
 
 
 class _Decode(nn.Module):
@@ -74,9 +77,12 @@ def graph_for(
         inputs += [context.keys, context.pos, context.keys_pe, *context.token_to_image, context.image_queries]
     present = (points is not None, boxes is not None, mask_input is not None)
     layout = (present, multimask_output, tuple((t.shape, t.dtype, t.device) for t in inputs))
-    graphs = _GRAPHS.setdefault(model, {})
-    if layout not in graphs:
-        graphs[layout] = _trace(_Decode(model, present, multimask_output), inputs)
+    graphs = _GRAPHS.get(model)
+    if graphs is None or layout not in graphs:
+        with _TRACING:
+            graphs = _GRAPHS.setdefault(model, {})
+            if layout not in graphs:
+                graphs[layout] = _trace(_Decode(model, present, multimask_output), inputs)
     return graphs[layout], inputs
 
 

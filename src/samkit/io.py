@@ -50,12 +50,33 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as exc:
+        raise SamkitError(
+            f"Could not write {path}: {exc.strerror or exc}. Check that {path.parent} is writable and has free "
+            "space, or choose another output path."
+        ) from exc
     finally:
         temporary.unlink(missing_ok=True)
 
 
+def _png_pixels(data: np.ndarray, path: Path) -> np.ndarray:
+    """What a PNG can hold: 0/255 for a bool mask, 8 or 16 bits for labels, whichever their ids fit."""
+    if data.dtype == bool:
+        return data.astype(np.uint8) * 255
+    if data.dtype.kind not in "iu" or data.dtype in (np.uint8, np.uint16) or data.size == 0:
+        return data
+    low, high = int(data.min()), int(data.max())
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise SamkitError(
+            f"Values from {low} to {high} do not fit a PNG (8 or 16 bits, 0 to 65535): write {path.with_suffix('.tif')} "
+            "instead (TIFF keeps any integer type)."
+        )
+    return data.astype(np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16)
+
+
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
-    """Write a mask or label image; TIFF keeps the dtype, PNG stores 0/255 for a bool mask.
+    """Write a mask or label image; TIFF keeps the dtype, PNG stores 0/255 for a bool mask and labels
+    in 8 or 16 bits (whichever holds their largest id).
 
     The file appears under its name only once it is complete.
     """
@@ -64,11 +85,13 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     if suffix not in (".tif", ".tiff", ".png"):
         raise SamkitError(f"Unsupported output format {suffix!r}: use .tif or .png.")
     data = np.asarray(mask)
+    if suffix == ".png":
+        data = _png_pixels(data, path)
     with atomic_output(path) as tmp:
         if suffix == ".png":
             from skimage import io
 
-            io.imsave(tmp, (data > 0).astype(np.uint8) * 255 if data.dtype == bool else data, check_contrast=False)
+            io.imsave(tmp, data, check_contrast=False)
         else:
             import tifffile
 

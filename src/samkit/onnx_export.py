@@ -140,7 +140,7 @@ class SamOnnxModel(nn.Module):
         if not self.stretched:
             # The resized image's size, rounded as the predictor rounds it (in double precision).
             image_size = orig_im_size.to(torch.float64)
-            valid = torch.floor(image_size * (size / image_size.max()) + 0.5).to(torch.int64)
+            valid = torch.floor(image_size * (size / image_size.max()) + 0.5).to(torch.int64).clamp(min=1)
             masks = masks[..., : valid[0], : valid[1]]
         out = orig_im_size.to(torch.int64)
         return F.interpolate(masks, size=(out[0], out[1]), mode="bilinear", align_corners=False)

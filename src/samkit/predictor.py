@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -114,8 +113,7 @@ class Predictor:
                 return
         x, input_size = self.model_input(rgb)
         self.reset_image()
-        with self._reporting(progress):
-            features = self._encode(x)
+        features = self._encode(x, progress)
         self._use_features(features, original_size, input_size)
         if key is not None:
             self.cache.put(key, CachedEmbedding(features, original_size, input_size))
@@ -135,29 +133,12 @@ class Predictor:
         x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1)[None]
         return self.model.preprocess(x.to(torch.float32)), (resized.shape[0], resized.shape[1])
 
-    @contextmanager
-    def _reporting(self, progress: Callable[[int, int], None] | None):
-        """Call ``progress(done, total)`` after each block (ViT) or stage (TinyViT) of the encoder."""
-        if progress is None:
-            yield
-            return
-        encoder = self.model.image_encoder
-        stages = list(getattr(encoder, "blocks", None) or getattr(encoder, "layers", None) or [])
-        total = len(stages) + 1
-        done = iter(range(1, total))
-        hooks = [stage.register_forward_hook(lambda *_: progress(next(done), total)) for stage in stages]
-        try:
-            progress(0, total)
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
-        progress(total, total)
-
     @torch.inference_mode()
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """The image encoder on ``x``; ``progress`` is this call's own (the model is shared, not hooked)."""
+        encoder = self.model.image_encoder
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.encoder_dtype == torch.bfloat16):
-            return self.model.image_encoder(x).float()
+            return (encoder(x) if progress is None else encoder(x, progress=progress)).float()
 
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]) -> None:
         """Embed a (1, 3, h, w) image already resized so its longest side is the model's input size."""

@@ -12,6 +12,10 @@ Encodings of a 2D mask (the encoders take any 2D bool or numeric array; non-zero
 
 A *record* is one object: a dict with ``"id"`` (a positive int, the object's value in a label
 image), ``"segmentation"`` (a compressed COCO RLE) and any other annotation fields.
+
+Stacks (z-stacks, time series: label images (..., H, W)) go to COCO files, one COCO image per
+plane (see :func:`write_coco`). SA-1B files and CSV files of strings hold one image each and
+refuse a stack.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ Record = dict[str, Any]
 _SA1B_HINT = 'an SA-1B per-image file is {"image": {...}, "annotations": [...]}; for a COCO file use read_coco'
 _COCO_HINT = 'a COCO instance file is {"images": [...], "annotations": [...], "categories": [...]}'
 _JSON_NAMES = {dict: "an object", list: "an array", int: "an integer", object: "a value"}
+
+
+# The largest mask (pixels) and object id samkit reads: pycocotools counts pixels in 32 bits, and
+# label images hold ids in int64 at most.
+MAX_PIXELS = 2**31 - 1
+MAX_ID = int(np.iinfo(np.int64).max)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,7 +90,13 @@ def _as_labels(labels: Any, where: str = "label image") -> np.ndarray:
 def _shape(shape: Any, where: str) -> tuple[int, int]:
     if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(_is_int(n) and n > 0 for n in shape):
         raise FormatError(f"{where}: expected [height, width], two positive integers; got {_brief(shape)}.")
-    return int(shape[0]), int(shape[1])
+    h, w = int(shape[0]), int(shape[1])
+    if h * w > MAX_PIXELS:
+        raise FormatError(
+            f"{where}: a {h}x{w} mask has {h * w} pixels; samkit reads masks of at most {MAX_PIXELS} pixels "
+            "(2^31 - 1). The size is likely damaged; a larger image must be split into tiles."
+        )
+    return h, w
 
 
 def _size(rle: Any, where: str) -> tuple[int, int]:
@@ -267,13 +283,24 @@ def decode_string(text: str, shape: tuple[int, int]) -> np.ndarray:
 # Label images and records
 
 
+def _one_image(objects: Any, kind: str) -> None:
+    """Refuse a stack of label images for a format that holds one image."""
+    if isinstance(objects, np.ndarray) and objects.ndim > 2:
+        raise FormatError(
+            f"{kind} holds one image, but these labels are a stack of shape {objects.shape}: write the stack as "
+            "COCO JSON (write_coco holds every plane), or write one plane, e.g. labels[z]."
+        )
+
+
 def _label_dtype(max_id: int) -> type[np.signedinteger]:
     return np.int32 if max_id <= np.iinfo(np.int32).max else np.int64
 
 
 def _checked_id(object_id: Any, where: str) -> int:
-    if not _is_int(object_id) or object_id < 1:
-        raise FormatError(f"{where}: 'id' must be a positive integer (0 is background); got {_brief(object_id)}.")
+    if not _is_int(object_id) or not 1 <= object_id <= MAX_ID:
+        raise FormatError(
+            f"{where}: 'id' must be a positive integer, at most {MAX_ID} (0 is background); got {_brief(object_id)}."
+        )
     return int(object_id)
 
 
@@ -423,6 +450,7 @@ def write_sa1b(
     crop_box = the whole image, point_coords = [[x, y]] of one pixel inside the mask ([] if empty).
     Other fields are kept. ``image_size`` (height, width) is needed only for an empty list.
     """
+    _one_image(objects, "An SA-1B file")
     records, (height, width) = _prepare(objects, image_size)
     data = {
         "image": {"image_id": image_id, "width": width, "height": height, "file_name": file_name},
@@ -459,24 +487,52 @@ def write_coco(
     image_size: tuple[int, int] | None = None,
     categories: Mapping[int, str] | None = None,
 ) -> Path:
-    """Write a COCO instance file (one image) of a label image or of records; returns the path.
+    """Write a COCO instance file of a label image, a stack of them, or records; returns the path.
 
     Records are taken as in `write_sa1b`. Each annotation has its mask as compressed COCO RLE,
     "area" and "bbox" recomputed from the mask, and "iscrowd" 0 (each mask is one object) unless
     the record says otherwise. ``categories`` maps id -> name (default ``{1: "object"}``); objects
     without a "category_id" get the first one.
+
+    A stack of label images (..., H, W), e.g. (Z, H, W), is written whole: one COCO image per
+    plane (ids from ``image_id`` on, in C order, empty planes included), each with ``"plane"``,
+    its index along the leading axes (``[z]``). Its annotations are numbered 1, 2, ... through
+    the file and carry the object's label as ``"object_id"``; `read_coco` reads the stack back.
     """
     categories = {1: "object"} if categories is None else dict(categories)
     if not categories:
         raise FormatError("categories is empty; give at least one, e.g. {1: 'object'}.")
-    records, (height, width) = _prepare(objects, image_size)
+    if isinstance(objects, np.ndarray) and objects.ndim > 2:
+        images, annotations = _coco_stack(objects, image_id, file_name, categories)
+    else:
+        records, (height, width) = _prepare(objects, image_size)
+        images = [{"id": image_id, "width": width, "height": height, "file_name": file_name}]
+        annotations = [_coco_annotation(record, image_id, categories) for record in records]
     data = {
         "info": {"description": "instance masks written by samkit"},
-        "images": [{"id": image_id, "width": width, "height": height, "file_name": file_name}],
-        "annotations": [_coco_annotation(record, image_id, categories) for record in records],
+        "images": images,
+        "annotations": annotations,
         "categories": [{"id": cid, "name": name} for cid, name in categories.items()],
     }
     return _write_json(path, data)
+
+
+def _coco_stack(
+    labels: np.ndarray, image_id: int, file_name: str, categories: Mapping[int, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """COCO images (one per plane of a label stack) and their annotations."""
+    if labels.size == 0:
+        raise FormatError(f"The label stack is empty (shape {labels.shape}): there is nothing to write.")
+    height, width = labels.shape[-2:]
+    images, annotations = [], []
+    for k, plane in enumerate(np.ndindex(labels.shape[:-2])):
+        images.append({
+            "id": image_id + k, "width": width, "height": height, "file_name": file_name, "plane": list(plane)
+        })
+        for record in labels_to_records(_as_labels(labels[plane], f"plane {list(plane)}")):
+            numbered = {**record, "id": len(annotations) + 1, "object_id": record["id"]}
+            annotations.append(_coco_annotation(numbered, image_id + k, categories))
+    return images, annotations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,18 +645,74 @@ def read_coco(path: str | os.PathLike, image_id: int | None = None) -> tuple[np.
     ``image_id`` may be left out when the file holds one image. Segmentations may be RLE (either
     form) or polygons; the records are that image's annotations in file order, each with
     "segmentation" as a compressed RLE (str counts). The label image is painted as in `read_sa1b`.
+
+    A file written from a stack (every image has a ``"plane"``, see `write_coco`) is read whole
+    when ``image_id`` is left out: labels (..., H, W) and every annotation as a record with its
+    ``"plane"``. A record's "id" is the object's label: its ``"object_id"`` where the annotation has
+    one (the annotation's own id is then kept as ``"annotation_id"``).
     """
     where = str(path)
     data = _read_json(path, _COCO_HINT)
     images = _field(data, "images", list, where, _COCO_HINT)
     annotations = _field(data, "annotations", list, where, _COCO_HINT)
+    if image_id is None and images and all(isinstance(image, dict) and "plane" in image for image in images):
+        return _read_coco_stack(where, images, annotations)
     image = _pick_image(images, image_id, where)
     height, width = _image_size(image, f"{where}: image {image['id']}", _COCO_HINT)
     records = []
     for i, annotation in enumerate(annotations):
         if _field(annotation, "image_id", int, f"{where}: annotation {i}", _COCO_HINT) == image["id"]:
-            records.append(_read_annotation(annotation, f"{where}: annotation {i}", height, width, _COCO_HINT))
+            record = _read_annotation(annotation, f"{where}: annotation {i}", height, width, _COCO_HINT)
+            records.append(_object_record(record, f"{where}: annotation {i}"))
     return records_to_labels(_checked_unique(records, where), (height, width)), records
+
+
+def _object_record(record: Record, where: str) -> Record:
+    """An annotation of a stack's plane as the record of its object: "id" is its "object_id"."""
+    if "object_id" not in record:
+        return record
+    object_id = _checked_id(record["object_id"], f"{where}: object_id")
+    return {**record, "id": object_id, "annotation_id": record["id"]}
+
+
+def _plane(image: dict[str, Any], where: str) -> tuple[int, ...]:
+    plane = image["plane"]
+    if not isinstance(plane, list) or not plane or not all(_is_int(i) and i >= 0 for i in plane):
+        raise FormatError(f"{where}: 'plane' must be a list of indices >= 0 (e.g. [z]); got {_brief(plane)}.")
+    return tuple(plane)
+
+
+def _read_coco_stack(where: str, images: list, annotations: list) -> tuple[np.ndarray, list[Record]]:
+    """The label stack of a COCO file with one image per plane, and its records."""
+    planes: dict[int, tuple[int, ...]] = {}
+    sizes = set()
+    for i, image in enumerate(images):
+        image_where = f"{where}: image {i}"
+        planes[_field(image, "id", int, image_where, _COCO_HINT)] = _plane(image, image_where)
+        sizes.add(_image_size(image, image_where, _COCO_HINT))
+    if len(planes) != len(images) or len({len(p) for p in planes.values()}) > 1 or len(sizes) > 1:
+        raise FormatError(
+            f"{where}: the images of a stack need unique ids, 'plane' indices of one length and one size; "
+            f"got sizes {sorted(sizes)}."
+        )
+    depth = tuple(max(axis) + 1 for axis in zip(*planes.values()))
+    if len(set(planes.values())) != len(planes) or len(planes) != math.prod(depth):
+        raise FormatError(f"{where}: the images' 'plane' indices do not fill a stack of {depth} planes, each once.")
+    height, width = sizes.pop()
+    records = []
+    for i, annotation in enumerate(annotations):
+        annotation_where = f"{where}: annotation {i}"
+        owner = _field(annotation, "image_id", int, annotation_where, _COCO_HINT)
+        if owner not in planes:
+            raise FormatError(f"{annotation_where}: its image_id {owner} is not one of the file's images.")
+        record = _read_annotation(annotation, annotation_where, height, width, _COCO_HINT)
+        records.append({**_object_record(record, annotation_where), "plane": list(planes[owner])})
+    _checked_unique([{"id": r.get("annotation_id", r["id"])} for r in records], where)
+    labels = np.zeros((*depth, height, width), dtype=_label_dtype(max((r["id"] for r in records), default=0)))
+    for plane in np.ndindex(depth):
+        here = [r for r in records if tuple(r["plane"]) == plane]
+        labels[plane] = records_to_labels(_checked_unique(here, f"{where}: plane {list(plane)}"), (height, width))
+    return labels, records
 
 
 _CSV_COLUMNS = ("id", "height", "width", "rle")
@@ -612,6 +724,7 @@ def write_strings_csv(path: str | os.PathLike, labels: np.ndarray) -> Path:
 
     An image without objects gets one row of id 0 and an empty string, which keeps its size.
     """
+    _one_image(np.asarray(labels), "A CSV file of RLE strings")
     labels = _as_labels(labels)
     path = Path(path)
     height, width = labels.shape
@@ -651,6 +764,8 @@ def read_strings_csv(path: str | os.PathLike) -> np.ndarray:
             raise FormatError(f"{where}: line {i}: id, height and width must be whole numbers.") from None
         if object_id < 0:
             raise FormatError(f"{where}: line {i}: the id {object_id} is negative; ids are 0 (size only) or more.")
+        if object_id:
+            _checked_id(object_id, f"{where}: line {i}")
         parsed.append((i, object_id, _shape([height, width], f"{where}: line {i}: height, width"), row["rle"] or ""))
     sizes = {shape for _, _, shape, _ in parsed}
     if len(sizes) > 1:

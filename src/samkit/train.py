@@ -81,6 +81,7 @@ from .train_data import (
     stack_targets,
 )
 from .transforms import input_shape
+from .weights import TRAINING_CARD
 
 MODES = ("decoder", "full")
 LR_SCHEDULES = ("constant", "cosine")
@@ -88,7 +89,7 @@ LR_SCHEDULES = ("constant", "cosine")
 RESUME_KEYS = ("mode", "seed", "val_fraction")
 DEFAULT_LR = {"decoder": 1e-4, "full": 1e-5}
 MODEL_FILE = "model.pth"
-CARD_FILE = "model.json"
+CARD_FILE = TRAINING_CARD
 STATE_FILE = "train_state.pt"
 LOG_FILE = "log.csv"
 LOG_FIELDS = ("epoch", "step", "train_loss", "val_loss", "val_miou", "seconds")
@@ -118,6 +119,41 @@ class TrainResult:
     stopped: str
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Sam | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def improved(self) -> bool:
+        """Whether an epoch beat the starting model; if not, ``model.pth`` holds the starting weights."""
+        return self.best_epoch > 0
+
+    def verdict(self) -> str:
+        """What the run achieved, in a sentence or two; when nothing improved, also what to try."""
+        start = self.history[0] if self.history else {}
+        best = next((row for row in self.history if row["epoch"] == self.best_epoch), {})
+        watched = "val_loss" if start.get("val_loss") is not None else "train_loss"
+        what = "validation loss" if watched == "val_loss" else "training loss"
+        if self.improved:
+            text = f"Best epoch {self.best_epoch} of {self.epochs}"
+            if start.get(watched) is not None:
+                text += f": {what} {start[watched]:.4g} before training, {best[watched]:.4g} after"
+            if start.get("val_miou") is not None and best.get("val_miou") is not None:
+                text += f"; one-click mIoU {start['val_miou']:.3f} -> {best['val_miou']:.3f}"
+            return text + "."
+        later = [row[watched] for row in self.history[1:] if row.get(watched) is not None]
+        if not later:
+            return (f"No epoch was completed, so {self.model_path.name} holds the starting weights, unchanged. "
+                    "Train for at least one whole epoch.")
+        mode, lr = self.settings.get("mode", "decoder"), self.settings.get("lr")
+        tries = [f"more epochs (this run: {self.epochs})", "a higher learning rate"
+                 + (f" (this run: {lr:g})" if lr is not None else ""), "more annotated objects"]
+        if mode == "decoder":
+            tries.append("mode 'full' (trains the image encoder too; slow without a GPU)")
+        base = f"{start[watched]:.4g}; " if start.get(watched) is not None else ""
+        return (
+            f"Training did not improve the model: the {what} never went below the starting model's "
+            f"({base}the best epoch after it reached {min(later):.4g}), so {self.model_path.name} holds the "
+            "starting weights, unchanged. Try " + ", ".join(tries[:-1]) + f" or {tries[-1]}."
+        )
 
 
 @dataclass
@@ -389,6 +425,7 @@ class _Run:
             },
             "epochs": self.epoch,
             "best_epoch": self.best_epoch,
+            "improved": self.best_epoch > 0,
             "steps": self.step,
             "time_seconds": round(self.elapsed(), 1),
             "stopped": stopped,
@@ -690,6 +727,7 @@ def train(
         stopped=stopped,
         history=list(run.history),
         model=sam,
+        settings=dict(settings),
     )
 
 
@@ -745,3 +783,4 @@ def run_from_args(args: argparse.Namespace) -> None:
         values = ", ".join(f"{k} {row[k]:.4f}" for k in ("train_loss", "val_loss", "val_miou") if row[k] is not None)
         print(f"epoch {row['epoch']} (step {row['step']}): {values or 'no validation data'}")
     print(f"{result.stopped}; best epoch {result.best_epoch}; model: {result.model_path}")
+    print(result.verdict())

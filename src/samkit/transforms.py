@@ -11,9 +11,12 @@ _BAND_ELEMENTS = 1 << 20
 
 
 def input_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Size of an image resized so its longest side is ``long_side`` (SAM's rounding)."""
+    """Size of an image resized so its longest side is ``long_side`` (SAM's rounding).
+
+    A side never rounds to 0 pixels: a line scan (2 x 5000) keeps one row of the model's input.
+    """
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_longest_side(image: np.ndarray, long_side: int) -> np.ndarray:

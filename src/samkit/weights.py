@@ -111,12 +111,40 @@ def default_model() -> tuple[str, str]:
 GRID_FILTERS = ("pred_iou_thresh", "stability_score_thresh")
 
 
-def grid_filters(name: str | None) -> dict[str, float]:
-    """Grid mode's quality filters that a bundled model's card recommends (empty for any other model)."""
+# The model card samkit's training writes beside the fine-tuned checkpoint (``samkit.train.CARD_FILE``).
+TRAINING_CARD = "model.json"
+
+
+def card_model(name: str | os.PathLike | None) -> str | None:
+    """The model that ships with samkit whose card recommends grid mode's filters for ``name``.
+
+    ``name`` itself when it is one; for a checkpoint fine-tuned by samkit, the bundled model it was
+    trained from (its training card names it, or its sha256); else None.
+    """
+    if name is None:
+        return None
     found = REGISTRY.get(str(name))
-    if found is None or not found.bundled:
+    if found is not None:
+        return str(name) if found.bundled else None
+    if not Path(name).is_file():
+        return None
+    card = Path(name).with_name(TRAINING_CARD)
+    try:
+        base = str(json.loads(card.read_text()).get("base_model"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    by_hash = {item.known_hash: key for key, item in REGISTRY.items()}
+    base = by_hash.get(base, base)
+    return base if base in REGISTRY and REGISTRY[base].bundled else None
+
+
+def grid_filters(name: str | os.PathLike | None) -> dict[str, float]:
+    """Grid mode's quality filters that a bundled model's card recommends, also for a model fine-tuned
+    from it (empty for any other model); see ``card_model``."""
+    source = card_model(name)
+    if source is None:
         return {}
-    card = json.loads((BUNDLED / found.filename).with_suffix(".json").read_text())
+    card = json.loads((BUNDLED / REGISTRY[source].filename).with_suffix(".json").read_text())
     params = card.get("evaluation", {}).get("grid_parameters", {})
     return {key: float(params[key]) for key in GRID_FILTERS if key in params}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,7 +12,7 @@ from torch import nn
 ONEDNN_MIN_ROWS = 256
 
 
-def _onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
+def _onednn_linear_works(dtype: torch.dtype) -> bool:
     try:
         x, w = torch.ones(2, 3, dtype=dtype), torch.ones(4, 3, dtype=dtype)
         return bool(torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "").eq(3).all())
@@ -18,9 +20,9 @@ def _onednn_linear_works(dtype: torch.dtype = torch.float32) -> bool:
         return False
 
 
-ONEDNN_LINEAR = _onednn_linear_works()
-# Older oneDNN builds (PyTorch 2.4 on a CPU without AVX-512) have no bfloat16 inner product.
-ONEDNN_LINEAR_BF16 = ONEDNN_LINEAR and _onednn_linear_works(torch.bfloat16)
+ONEDNN_LINEAR = _onednn_linear_works(torch.float32)
+# oneDNN multiplies bfloat16 only on CPUs with AVX-512 or bfloat16 instructions (not AVX2 alone).
+ONEDNN_BF16 = ONEDNN_LINEAR and _onednn_linear_works(torch.bfloat16)
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, activation: str | None = None) -> torch.Tensor:
@@ -45,7 +47,7 @@ def affine(
         ONEDNN_LINEAR
         and x.device.type == "cpu"
         and weight.dtype == torch.float32
-        and (dtype == torch.float32 or (dtype == torch.bfloat16 and ONEDNN_LINEAR_BF16))
+        and (dtype == torch.float32 or (dtype == torch.bfloat16 and ONEDNN_BF16))
         and x.dtype in (torch.float32, dtype)
         and x.numel() >= ONEDNN_MIN_ROWS * x.shape[-1]
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
@@ -99,6 +101,25 @@ def make_neck(in_dim: int, out_dim: int) -> nn.Sequential:
         nn.Conv2d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
         LayerNorm2d(out_dim),
     )
+
+
+def run_stages(
+    x: torch.Tensor, stages: Iterable[nn.Module], progress: Callable[[int, int], None] | None
+) -> torch.Tensor:
+    """``x`` through each of ``stages`` in turn, calling ``progress(done, total)`` before the first and
+    after each; ``total`` is one more than the stages, the last step (the neck) reported by the caller.
+
+    The callback belongs to this call alone, so runs of one model on several threads each see their own.
+    """
+    stages = list(stages)
+    total = len(stages) + 1
+    if progress is not None:
+        progress(0, total)
+    for done, stage in enumerate(stages, 1):
+        x = stage(x)
+        if progress is not None:
+            progress(done, total)
+    return x
 
 
 def pad_to_windows(x: torch.Tensor, window: int) -> tuple[torch.Tensor, int, int]:

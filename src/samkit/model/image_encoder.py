@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLPBlock, from_windows, linear, make_neck, pad_to_windows, to_windows
+from .common import MLPBlock, from_windows, linear, make_neck, pad_to_windows, run_stages, to_windows
 
 # Bias elements held at once: global attention over 64x64 tokens runs a few query
 # rows at a time, so no (4096 x 4096) matrix per head is ever built.
@@ -156,8 +157,11 @@ class ImageEncoderViT(nn.Module):
         )
         self.neck = make_neck(config.embed_dim, config.out_chans)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """``progress(done, total)``, if given, is called before the first block, after each block and
+        after the neck (``total`` = blocks + 1); an exception it raises stops the encoder."""
         x = self.patch_embed(x) + self.pos_embed.to(x.dtype)
-        for block in self.blocks:
-            x = block(x)
-        return self.neck(x.permute(0, 3, 1, 2))
+        x = self.neck(run_stages(x, self.blocks, progress).permute(0, 3, 1, 2))
+        if progress is not None:
+            progress(len(self.blocks) + 1, len(self.blocks) + 1)
+        return x

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import from_windows, linear, make_neck, pad_to_windows, to_windows
+from .common import from_windows, linear, make_neck, pad_to_windows, run_stages, to_windows
 
 
 @dataclass(frozen=True)
@@ -226,10 +227,12 @@ class TinyViT(nn.Module):
             self.head = nn.Linear(dims[3], config.num_classes)
         self.neck = make_neck(dims[3], config.out_chans)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """``progress(done, total)``, if given, is called before the first stage, after each stage and
+        after the neck (``total`` = stages + 1); an exception it raises stops the encoder."""
+        x = run_stages(self.patch_embed(x), self.layers, progress)
         b, _, c = x.shape
-        x = x.view(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
-        return self.neck(x)
+        x = self.neck(x.view(b, self.grid, self.grid, c).permute(0, 3, 1, 2))
+        if progress is not None:
+            progress(len(self.layers) + 1, len(self.layers) + 1)
+        return x

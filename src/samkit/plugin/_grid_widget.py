@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
-from napari.layers import Labels
-from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -18,9 +18,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from ..automatic import GENERATOR_OPTIONS
+from ..automatic import GENERATOR_OPTIONS, generator_options
 from ..errors import SamkitError
-from ..weights import GRID_FILTERS, grid_filters
+from ..weights import GRID_FILTERS, card_model
 from . import _layers
 from ._base_widget import JobWidget
 from ._controls import button
@@ -40,6 +40,17 @@ def _field(kind: type, default: float, tip: str) -> QSpinBox | QDoubleSpinBox:
     field.setValue(kind(default))
     field.setToolTip(f"{tip} (default {kind(default):g})")
     return field
+
+
+def filters_text(model: str | None, values: Mapping[str, float], yours: Collection[str] = ()) -> str:
+    """Grid mode's quality filters for ``model`` and where each comes from (``yours``: set by the user)."""
+    shown = Path(model).name if model else "the model"
+    card = card_model(model)
+    source = "SAM's default" if card is None else f"{card}'s model card"
+    if card is not None and card != model:
+        source += f", the model {shown} was fine-tuned from"
+    parts = [f"{key.replace('_', ' ')} {values[key]:g} ({'yours' if key in yours else source})" for key in GRID_FILTERS]
+    return f"Quality filters for {shown}: " + ", ".join(parts) + "."
 
 
 def _ids(text: str) -> list[int]:
@@ -62,6 +73,9 @@ class GridWidget(JobWidget):
             form.addRow(name.replace("_", " "), field)
         self.status = QLabel("Segments everything in the image plane in view into 'samkit: auto'.")
         self.status.setWordWrap(True)
+        self.filters = QLabel()
+        self.filters.setWordWrap(True)
+        self.filters.setToolTip("The quality filters Run uses, shown as soon as a model is chosen or loaded")
         self.ids = QLineEdit()
         self.ids.setPlaceholderText("ids, e.g. 3, 7 (empty: the label selected in 'samkit: auto')")
         self.overwrite = QCheckBox("Overwrite existing objects")
@@ -75,6 +89,7 @@ class GridWidget(JobWidget):
         layout.addWidget(QLabel("Model"))
         layout.addWidget(self.picker)
         layout.addLayout(form)
+        layout.addWidget(self.filters)
         layout.addLayout(run_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -85,27 +100,32 @@ class GridWidget(JobWidget):
         self.bind_keys({"G": self.run, "Escape": self.cancel, "M": self.move_selected, "Shift-M": self.move_all})
         self._filters_model: str | None = None
         self._filters_set = {key: self.fields[key].value() for key in GRID_FILTERS}
+        for key in GRID_FILTERS:
+            self.fields[key].valueChanged.connect(lambda _value: self._show_filters())
         self.follow_model()
-        self.picker.loaded.connect(lambda _name: self.follow_model())
+        self.on_model_change(self.follow_model)
 
     def follow_model(self) -> None:
-        """When the model has changed, set the quality filters to what its card recommends (else SAM's).
+        """When the model a Run uses changes (loaded, or chosen to be loaded at Run), set the quality
+        filters to what its card recommends (else SAM's), and show them.
 
         A filter the user has changed since samkit last set it keeps the user's value.
         """
-        name = self.segmenter.model_name if self.segmenter.model is not None else None
-        if name == self._filters_model:
-            return
-        self._filters_model = name
-        recommended = grid_filters(name)
-        for key in GRID_FILTERS:
-            field = self.fields[key]
-            if field.value() == self._filters_set[key]:
-                field.setValue(recommended.get(key, GENERATOR_OPTIONS[key][1]))
-                self._filters_set[key] = field.value()
-        if recommended:
-            values = ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in recommended.items())
-            self.status.setText(f"Quality filters from {name}'s model card (unless you set them): {values}.")
+        name = self.run_model_name()
+        if name != self._filters_model:
+            self._filters_model = name
+            recommended = generator_options(name)
+            for key in GRID_FILTERS:
+                field = self.fields[key]
+                if field.value() == self._filters_set[key]:
+                    field.setValue(recommended[key])
+                    self._filters_set[key] = field.value()
+        self._show_filters()
+
+    def _show_filters(self) -> None:
+        values = {key: self.fields[key].value() for key in GRID_FILTERS}
+        yours = [key for key in GRID_FILTERS if values[key] != self._filters_set[key]]
+        self.filters.setText(filters_text(self._filters_model, values, yours))
 
     @property
     def params(self) -> dict[str, Any]:
@@ -124,7 +144,7 @@ class GridWidget(JobWidget):
         try:
             request = self.segmenter.grid_request()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         params = self.params
         segmenter = self.segmenter
@@ -139,8 +159,7 @@ class GridWidget(JobWidget):
         try:
             layer = self.segmenter.show_grid(result)
         except SamkitError as error:
-            show_error(str(error))
-            self.status.setText(str(error))
+            self.fail(str(error))
             return
         found = len(result.table["label"])
         self.status.setText(f"Found {found} object(s): see '{layer.name}' (its features hold scores and areas).")
@@ -155,19 +174,20 @@ class GridWidget(JobWidget):
         try:
             moved = self.segmenter.move_to_objects(ids, overwrite=self.overwrite.isChecked())
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
-        self.status.setText(f"Moved {len(moved)} object(s) to '{_layers.OBJECTS}' as {moved}.")
+        objects = _layers.objects_layer(self.viewer, self.segmenter.grid_image)
+        self.status.setText(f"Moved {len(moved)} object(s) to '{objects.name}' as {moved} (U undoes it).")
 
     def move_selected(self) -> None:
         """Move the objects listed (or the label selected in ``samkit: auto``) to ``samkit: objects``."""
         try:
             ids = _ids(self.ids.text())
+            auto = None if ids else _layers.existing_labels(self.viewer, self.segmenter.grid_image, _layers.AUTO)
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         if not ids:
-            auto = _layers.find(self.viewer, _layers.AUTO, Labels)
             ids = [auto.selected_label] if auto is not None else []
         self._move(ids)
 

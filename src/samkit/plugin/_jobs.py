@@ -45,12 +45,15 @@ class Job(QObject):
 
     ``on_done(result)`` runs on the GUI thread. A samkit error shows as a notification with its
     message; any other error as a notification too (with its type), never only in a terminal.
+    ``failed`` carries that message, for the status line of the widget that started the job, and
+    ``error`` keeps the error's own text (None while none was raised, and after a cancel).
     ``interactive`` jobs (quick, frequent: predictions) all run on one thread of their own.
     """
 
     progressed = Signal(int, int)
     finished = Signal()
     record = Signal(object)  # anything the work reports along the way (e.g. training losses)
+    failed = Signal(str)
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class Job(QObject):
         self._quiet = quiet
         self._interactive = interactive
         self.running = False
+        self.error: str | None = None
         if on_progress is not None:
             self.progressed.connect(on_progress)
 
@@ -108,16 +112,20 @@ class Job(QObject):
         try:
             self._on_done(result)
         except SamkitError as error:
-            show_error(str(error))
+            self.error = str(error)
+            self._fail(self.error)
 
     def _errored(self, error: BaseException) -> None:
         if isinstance(error, Cancelled):
             if not self._quiet:
                 show_info(str(error))
-        elif isinstance(error, SamkitError):
-            show_error(str(error))
-        else:
-            show_error(f"{self.name} failed: {type(error).__name__}: {error}")
+            return
+        self.error = str(error) if isinstance(error, SamkitError) else f"{type(error).__name__}: {error}"
+        self._fail(self.error if isinstance(error, SamkitError) else f"{self.name} failed: {self.error}")
+
+    def _fail(self, message: str) -> None:
+        show_error(message)
+        self.failed.emit(message)
 
     def _finished(self) -> None:
         self.running = False

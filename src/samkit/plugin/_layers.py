@@ -1,4 +1,7 @@
-"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer."""
+"""The layers samkit owns in a viewer (named ``samkit: ...``), created beside an image layer.
+
+Whenever samkit uses its layers of an image, they are above that image in the layer list.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,13 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Labels, Points, Shapes
+from napari.settings import get_settings
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.colormaps.standardize_color import transform_color
+from qtpy.QtGui import QFont, QFontMetrics
 
 from ._plane import same_transform, spatial_shape
+from ._screen_size import keep_screen_size
 
 POINTS = "samkit: points"
 BOXES = "samkit: boxes"
@@ -18,10 +24,14 @@ CANDIDATES = "samkit: candidates"
 CURRENT = "samkit: current"
 OBJECTS = "samkit: objects"
 AUTO = "samkit: auto"
+# The widest layer name (in pixels) napari's layer list shows whole at its default width.
+NAME_PX = 180
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
-CANDIDATE_COLORS = {None: "transparent", 0: "transparent", 1: "#ffd700", 2: "#00bfff", 3: "#ff4500"}
+# Each candidate's outline has its own colour, none of them the chosen mask's fill, the box edges' or the points'.
+CANDIDATE_COLORS = {None: "transparent", 0: "transparent", 1: "#ff4500", 2: "#1e90ff", 3: "#b266ff"}
+CURRENT_COLOR = "#ffd700"
 
 
 def find(viewer: Any, name: str, kind: type) -> Any | None:
@@ -51,6 +61,7 @@ def points_layer(viewer: Any, image: Any) -> Points:
     layer = find(viewer, POINTS, Points)
     if layer is not None and _matches(layer, image):
         layer.events.current_properties.connect(_new_points_positive)
+        keep_above(viewer, image)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -62,11 +73,11 @@ def points_layer(viewer: Any, image: Any) -> Points:
         face_color=POSITIVE_COLOR,
         border_color="white",
         border_width=0.15,
-        size=max(4.0, min(spatial_shape(image)[-2:]) / 60),
         **same_transform(image),
     )
     keep_new_points_positive(layer)
     layer.events.current_properties.connect(_new_points_positive)
+    keep_screen_size(viewer, layer)
     return viewer.add_layer(layer)
 
 
@@ -110,6 +121,7 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
     """``samkit: boxes``: rectangles are box prompts; ellipses and polygons add a mask prompt."""
     layer = find(viewer, BOXES, Shapes)
     if layer is not None and _matches(layer, image):
+        keep_above(viewer, image)
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
@@ -118,16 +130,34 @@ def boxes_layer(viewer: Any, image: Any) -> Shapes:
         name=BOXES,
         edge_color="#00e5ff",
         face_color="transparent",
-        edge_width=max(1.0, min(spatial_shape(image)[-2:]) / 300),
         **same_transform(image),
     )
+    keep_screen_size(viewer, layer)
     return viewer.add_layer(layer)
+
+
+def _name_width(text: str) -> int:
+    """The width in pixels of ``text`` in the layer list's font (bold, napari's font size)."""
+    font = QFont()
+    font.setBold(True)
+    font.setPointSizeF(float(get_settings().appearance.font_size))
+    return QFontMetrics(font).horizontalAdvance(text)
+
+
+def name_for(name: str, image: Any) -> str:
+    """``name (image name)``, the image name shortened in its middle so the whole fits napari's layer list."""
+    full = short = image.name
+    keep = len(full)
+    while keep > 1 and _name_width(f"{name} ({short})") > NAME_PX:
+        keep -= 1
+        short = full[: keep // 2] + "…" + full[len(full) - (keep - keep // 2) :]
+    return f"{name} ({short})"
 
 
 def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
     """The labels layer ``name`` (or ``name (image name)``) with the image's spatial shape, if there is one."""
     shape = spatial_shape(image)
-    for candidate in (name, f"{name} ({image.name})"):
+    for candidate in (name, name_for(name, image)):
         layer = find(viewer, candidate, Labels)
         if layer is not None and layer.data.shape == shape:
             return layer
@@ -137,7 +167,7 @@ def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
 def labels_layer(
     viewer: Any, image: Any, name: str, dtype: Any, colormap: Callable[[], Any] | None = None, **kwargs: Any
 ) -> Labels:
-    """A labels layer ``name`` with the image's spatial shape and transform, created or reused.
+    """A labels layer ``name`` with the image's spatial shape and transform, created or reused (above the image).
 
     An existing layer of that name with another shape is left alone: the new one gets the image's
     name appended, so no user's labels are replaced. ``colormap`` makes a new layer's colormap
@@ -147,9 +177,10 @@ def labels_layer(
     layer = existing_labels(viewer, image, name)
     if layer is not None:
         _adopt_transform(layer, image)
+        keep_above(viewer, image)
         return layer
     if find(viewer, name, Labels) is not None:
-        name = f"{name} ({image.name})"
+        name = name_for(name, image)
     if colormap is not None:
         kwargs["colormap"] = colormap()
     layer = Labels(np.zeros(spatial_shape(image), dtype=dtype), name=name, **same_transform(image), **kwargs)
@@ -174,9 +205,26 @@ def current_layer(viewer: Any, image: Any) -> Labels:
         image,
         CURRENT,
         np.uint8,
-        lambda: DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "#ffd700"}),
+        lambda: DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: CURRENT_COLOR}),
         opacity=0.45,
     )
+
+
+def keep_above(viewer: Any, image: Any) -> None:
+    """Move samkit's prompt and result layers of ``image`` that lie below it to just above it.
+
+    They keep their order among themselves, and those already above the image stay where they are,
+    so an image added (or moved) later never covers the prompts and masks of the one being segmented.
+    """
+    layers = viewer.layers
+    if image not in layers:
+        return
+    ours = [find(viewer, POINTS, Points), find(viewer, BOXES, Shapes)]
+    ours += [existing_labels(viewer, image, name) for name in (CANDIDATES, CURRENT, OBJECTS, AUTO)]
+    at = layers.index(image)
+    below = sorted(i for i in (layers.index(layer) for layer in ours if layer is not None) if i < at)
+    if below:
+        layers.move_multiple(below, at + 1)
 
 
 def objects_layer(viewer: Any, image: Any) -> Labels:

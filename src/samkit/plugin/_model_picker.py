@@ -52,6 +52,8 @@ class ModelPicker(QWidget):
 
     # Emitted by every picker of the segmenter when a new model is in use (its name), however it was set.
     loaded = Signal(str)
+    # Emitted when this picker could not load the chosen model (the message the notification showed).
+    failed = Signal(str)
 
     def __init__(self, segmenter: Segmenter, on_progress: Callable[[int, int], None] | None = None) -> None:
         super().__init__()
@@ -126,13 +128,13 @@ class ModelPicker(QWidget):
             self._on_progress,
         )
         self.job.choice = choice
+        self.job.failed.connect(self.failed.emit)
         self.job.finished.connect(self._finished)
         self.job.start()
 
     def _loaded(self, model: Any, choice: str) -> None:
-        name = choice if choice in weights.REGISTRY else Path(choice).name
-        self.segmenter.use_model(model, name)
-        show_info(f"samkit: loaded {name} on {model.device}.")
+        self.segmenter.use_model(model, choice)
+        show_info(f"samkit: loaded {Path(choice).name} on {model.device}.")
         if choice in weights.REGISTRY:
             self.models.setItemText(self.models.currentIndex(), _label(choice))
         then, self._then = self._then, []
@@ -144,8 +146,18 @@ class ModelPicker(QWidget):
         return "No model loaded" if segmenter.model is None else f"Model: {segmenter.model_name} on {segmenter.model.device}"
 
     def _model_changed(self, event: Any = None) -> None:
+        self._show_model_in_use()
         self.status.setText(self._model_text())
         self.loaded.emit(self.segmenter.model_name)
+
+    def _show_model_in_use(self) -> None:
+        """Choose the model in use in the list (a file given by its path is added to it)."""
+        name = self.segmenter.model_name
+        index = self.models.findData(name)
+        if index >= 0:
+            self.models.setCurrentIndex(index)
+        elif Path(name).is_file():
+            self.add_file(name)
 
     def _finished(self) -> None:
         if self._again:

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Points, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QButtonGroup,
     QCheckBox,
@@ -22,6 +23,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QRadioButton,
+    QSpinBox,
     QVBoxLayout,
 )
 
@@ -40,7 +42,17 @@ REEMBED_DELAY_MS = 400
 THUMBNAIL_DELAY_MS = 300
 # The longest a live prediction holds back the window's repaints (see ``_repaint_hold``).
 REPAINT_HOLD_MS = 150
-EXPORT_FILTERS = {"SA-1B RLE JSON (*.json)": "sa1b", "COCO RLE JSON (*.json)": "coco", "RLE strings CSV (*.csv)": "csv"}
+COCO_FILTER = "COCO RLE JSON, 2D or stacks (*.json)"
+EXPORT_FILTERS = {
+    "SA-1B RLE JSON, one image (*.json)": "sa1b", COCO_FILTER: "coco", "RLE strings CSV, one image (*.csv)": "csv"
+}
+
+
+def _swatch(color: str) -> QIcon:
+    """A small square of ``color``, to match a candidate's row to its outline."""
+    pixmap = QPixmap(12, 12)
+    pixmap.fill(QColor(color))
+    return QIcon(pixmap)
 
 
 class SegmentWidget(JobWidget):
@@ -71,8 +83,11 @@ class SegmentWidget(JobWidget):
         self.image.setToolTip("The image layer to segment (follows the selected layer)")
         self.image.activated.connect(self._image_chosen)
         self.intensity = QComboBox()
-        self.intensity.setToolTip("Set the layer's contrast limits (what SAM sees) from a CT window (HU) or MR clipping")
+        self.intensity.setToolTip(
+            "Set the layer's contrast limits (what SAM sees): auto-contrast, a CT window (HU) or MR clipping"
+        )
         self.intensity.addItem("Contrast: as shown", None)
+        self.intensity.addItem("Contrast: auto (0.5-99.5% of the plane in view)", "auto")
         for name, (level, width) in medical.WINDOWS.items():
             self.intensity.addItem(f"CT {name.replace('_', ' ')} (level {level:g}, width {width:g})", name)
         self.intensity.addItem("MR: 0.5-99.5% of non-zero voxels", "mr")
@@ -83,8 +98,9 @@ class SegmentWidget(JobWidget):
         self.embed_button = button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
         self.cancel_button = button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
         self.progress.setTextVisible(True)
-        self.status = QLabel("Load a model, then embed the image.")
+        self.status = QLabel(self._model_status())
         self.status.setWordWrap(True)
+        self.picker.loaded.connect(lambda _name: self.status.setText(self._model_status()))
 
         self.rows: list[QRadioButton] = []
         self.choices = QButtonGroup(self)
@@ -92,15 +108,43 @@ class SegmentWidget(JobWidget):
         grid = QGridLayout(candidates)
         for i in range(3):
             row = QRadioButton(f"{i + 1}: -")
-            row.setToolTip(f"Choose candidate {i + 1} (key {i + 1})")
+            row.setToolTip(f"Choose candidate {i + 1} (key {i + 1}); its outline has this colour")
+            row.setIcon(_swatch(_layers.CANDIDATE_COLORS[i + 1]))
             row.setEnabled(False)
             self.choices.addButton(row, i)
-            grid.addWidget(row, i, 0)
+            grid.addWidget(row, i, 0, 1, 2)
             self.rows.append(row)
         self.choices.idClicked.connect(self.choose)
+        self.best_only = QCheckBox("Best mask only (Shift+B)")
+        self.best_only.setToolTip(
+            "Show and offer only the candidate with the highest predicted IoU, as micro-sam does (Shift+B)"
+        )
+        self.best_only.toggled.connect(self._candidate_display_changed)
+        self.min_iou = QDoubleSpinBox()
+        self.min_iou.setRange(0.0, 1.0)
+        self.min_iou.setSingleStep(0.05)
+        self.min_iou.setValue(self.segmenter.min_iou)
+        self.min_iou.setToolTip(
+            "Candidates whose predicted IoU is below this are not outlined (their keys still choose them); "
+            "the best one always is (0 shows all)"
+        )
+        self.min_iou.valueChanged.connect(self._candidate_display_changed)
+        grid.addWidget(self.best_only, 3, 0, 1, 2)
+        grid.addWidget(QLabel("Hide candidates with IoU below"), 4, 0)
+        grid.addWidget(self.min_iou, 4, 1)
 
         self.overwrite = QCheckBox("Overwrite existing objects")
         self.overwrite.setToolTip("Off: a commit never changes pixels of objects already in 'samkit: objects'")
+        self.min_region = QSpinBox()
+        self.min_region.setRange(0, 1_000_000)
+        self.min_region.setSingleStep(10)
+        self.min_region.setSuffix(" px")
+        self.min_region.setSpecialValueText("off")
+        self.min_region.setToolTip(
+            "A commit fills holes and drops islands of the mask smaller than this many pixels, "
+            "as SAM's own post-processing does (off: the mask is committed as predicted)"
+        )
+        self.min_region.valueChanged.connect(self._min_region_changed)
         prompts = QHBoxLayout()
         prompts.addWidget(button("Toggle sign", "T", "Make the selected points negative/positive", self.toggle_sign))
         prompts.addWidget(button("Clear", "X", "Remove all prompts", self.clear))
@@ -124,7 +168,7 @@ class SegmentWidget(JobWidget):
         stack_layout.addWidget(
             button("Propagate", "Shift-P", "Follow committed objects up and down the stack", self.propagate)
         )
-        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV", self.export)
+        export = button("Export...", "Shift-S", "Save 'samkit: objects' as SA-1B/COCO RLE JSON or CSV (a stack: COCO, every slice)", self.export)
 
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Model"))
@@ -148,6 +192,10 @@ class SegmentWidget(JobWidget):
         layout.addLayout(prompts)
         layout.addWidget(candidates)
         layout.addWidget(self.overwrite)
+        cleanup = QHBoxLayout()
+        cleanup.addWidget(QLabel("Remove islands and holes below"))
+        cleanup.addWidget(self.min_region)
+        layout.addLayout(cleanup)
         layout.addLayout(objects)
         layout.addWidget(stack)
         layout.addWidget(export)
@@ -163,6 +211,7 @@ class SegmentWidget(JobWidget):
             "X": self.clear,
             "T": self.toggle_sign,
             "U": self.undo,
+            "Shift-B": self.best_only.toggle,
             "Shift-E": self.embed,
             "Shift-P": self.propagate,
             "Shift-S": self.export,
@@ -176,6 +225,12 @@ class SegmentWidget(JobWidget):
         layers.selection.events.active.connect(self._follow_selection)
         self.viewer.dims.events.current_step.connect(self._view_moved)
         self._layers_changed()
+
+    def _model_status(self) -> str:
+        """What to do next with the model in use (a new model drops the embedding)."""
+        if self.segmenter.model is None:
+            return "Load a model, then embed the image."
+        return f"Model {self.segmenter.model_name} is in use: embed the image (Shift+E)."
 
     # Layers.
 
@@ -259,7 +314,7 @@ class SegmentWidget(JobWidget):
         try:
             level, width = (float(v) for v in text)
         except ValueError:
-            show_error(f"A CT window is 'level, width' in HU, e.g. '40, 400'; got {self.window.text()!r}.")
+            self.fail(f"A CT window is 'level, width' in HU, e.g. '40, 400'; got {self.window.text()!r}.")
             return
         self._run(lambda: self.segmenter.set_intensity((level, width)))
 
@@ -277,7 +332,7 @@ class SegmentWidget(JobWidget):
         try:
             request = self.segmenter.embed_request()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         self.status.setText(f"Embedding {request.plane.layer.name!r} {request.plane.label}...".replace(" ...", "..."))
         self._embed_request = request
@@ -289,6 +344,7 @@ class SegmentWidget(JobWidget):
             self._progress,
             quiet=True,
         )
+        self.watch(self.embed_job)
         self.embed_job.finished.connect(self._embed_finished)
         self.embed_job.start()
 
@@ -299,7 +355,9 @@ class SegmentWidget(JobWidget):
                 show_info(f"The data of {request.plane.layer.name!r} changed while it was embedded: embedding it again.")
                 self._embed_again = True
             else:
-                show_warning("The image or the model changed while embedding; embed again (Shift+E).")
+                message = "The image or the model changed while embedding; embed again (Shift+E)."
+                show_warning(message)
+                self.status.setText(message)
             return
         plane = f" ({request.plane.label})" if request.plane.label else ""
         self.status.setText(f"Embedded {request.plane.layer.name!r}{plane} with {self.segmenter.model_name}.")
@@ -310,12 +368,17 @@ class SegmentWidget(JobWidget):
         self.schedule_predict()
 
     def _embed_finished(self) -> None:
-        undelivered, self._embed_request = self._embed_request is not None, None
+        request, self._embed_request = self._embed_request, None
+        job = self.embed_job
         if self._embed_again:
             self._embed_again = False
             self.embed()
-        elif undelivered and self.embed_job is not None and self.embed_job.cancelled:
-            self.status.setText("Embedding cancelled.")
+        elif request is not None and job is not None and (job.cancelled or job.error is not None):
+            failed = (
+                f"Embedding {request.plane.layer.name!r} failed: {(job.error or '').rstrip('.')}. "
+                "Press Shift+E to try again."
+            )
+            self.status.setText("Embedding cancelled." if job.cancelled else failed)
             self.progress.setValue(0)
 
     def cancel(self) -> None:
@@ -341,7 +404,7 @@ class SegmentWidget(JobWidget):
         try:
             ids = [int(v) for v in self.propagate_ids.text().replace(",", " ").split()] or None
         except ValueError:
-            show_error(f"Object ids are whole numbers; got {self.propagate_ids.text()!r}.")
+            self.fail(f"Object ids are whole numbers; got {self.propagate_ids.text()!r}.")
             return
         request = self._run(lambda: self.segmenter.propagation_request(ids))
         if request is None:
@@ -355,6 +418,7 @@ class SegmentWidget(JobWidget):
             lambda result: self._propagated(request, result),
             self._progress,
         )
+        self.watch(self.stack_job)
         self.stack_job.finished.connect(self._stack_finished)
         self.stack_job.start()
 
@@ -362,17 +426,19 @@ class SegmentWidget(JobWidget):
         try:
             added = self.segmenter.show_propagation(request, result)
         except SamkitError as error:
-            show_error(str(error))
-            self.status.setText(str(error))
+            self.fail(str(error))
             return
+        objects = _layers.objects_layer(self.viewer, request.plane.layer)
         self.status.setText(
-            f"Added {added:,} voxels to '{_layers.OBJECTS}' (U undoes it). " + "; ".join(str(s) for s in result.stops)
+            f"Added {added:,} voxels to '{objects.name}' (U undoes it). " + "; ".join(str(s) for s in result.stops)
         )
         self.propagated.emit()
 
     def _stack_finished(self) -> None:
-        if self.stack_job is not None and self.stack_job.cancelled:
-            self.status.setText("Propagation cancelled; nothing was changed.")
+        job = self.stack_job
+        if job is not None and (job.cancelled or job.error is not None):
+            failed = f"Propagation failed: {(job.error or '').rstrip('.')}. Nothing was changed."
+            self.status.setText("Propagation cancelled; nothing was changed." if job.cancelled else failed)
             self.progress.setValue(0)
 
     # Prediction.
@@ -408,7 +474,7 @@ class SegmentWidget(JobWidget):
         try:
             prompt = segmenter.prompt()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return
         if prompt.problems and prompt.problems != self._last_problems:
             for problem in prompt.problems:
@@ -426,6 +492,7 @@ class SegmentWidget(JobWidget):
             self._show,
             interactive=True,
         )
+        self.watch(self.predict_job)
         self.predict_job.finished.connect(self._predict_finished)
         self.predict_job.start()
         if hold:
@@ -457,6 +524,13 @@ class SegmentWidget(JobWidget):
             self._predict_again = False
             self._predict(hold=False)
 
+    def _min_region_changed(self, value: int) -> None:
+        self.segmenter.min_region_area = int(value)
+
+    def _candidate_display_changed(self, value: Any = None) -> None:
+        self.segmenter.set_candidate_display(best_only=self.best_only.isChecked(), min_iou=self.min_iou.value())
+        self._update_rows(self.segmenter.candidates)
+
     def _update_rows(self, candidates: Candidates | None) -> None:
         for i, row in enumerate(self.rows):
             if candidates is None or i >= len(candidates.masks):
@@ -464,10 +538,12 @@ class SegmentWidget(JobWidget):
                 row.setEnabled(False)
                 continue
             area = np.count_nonzero(candidates.masks[i])
+            shown = i in candidates.shown
             row.setText(
                 f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"
+                + ("" if shown else "   (hidden)")
             )
-            row.setEnabled(True)
+            row.setEnabled(shown or not self.segmenter.best_only)
         if candidates is not None:
             self.rows[candidates.chosen].setChecked(True)
 
@@ -477,7 +553,7 @@ class SegmentWidget(JobWidget):
         try:
             return action()
         except SamkitError as error:
-            show_error(str(error))
+            self.fail(str(error))
             return None
 
     def choose(self, index: int) -> None:
@@ -498,22 +574,35 @@ class SegmentWidget(JobWidget):
 
     def commit(self) -> None:
         """Write the chosen mask into ``samkit: objects``."""
+        found = self.segmenter.candidates
         new_id = self._run(lambda: self.segmenter.commit(overwrite=self.overwrite.isChecked()))
         if new_id is not None:
             self._update_rows(None)
-            self.status.setText(f"Committed object {new_id} to '{_layers.OBJECTS}'.")
+            objects = _layers.objects_layer(self.viewer, found.plane.layer)
+            self.status.setText(f"Committed object {new_id} to '{objects.name}' (U undoes it).")
 
     def undo(self) -> None:
-        """Undo the last commit."""
-        self._run(self.segmenter.undo)
+        """Undo the last change to ``samkit: objects``."""
+        layer = self._run(self.segmenter.undo)
+        if layer is not None:
+            highest = int(layer.data.max())
+            left = f"highest object id now {highest}" if highest else "it is empty now"
+            self.status.setText(f"Undid the last change to '{layer.name}' ({left}).")
 
     def export(self, path: str | None = None, format: str | None = None) -> None:
         """Save ``samkit: objects`` as RLE (asks for a file when ``path`` is None)."""
+        objects = self.segmenter._objects_in_use()
+        shape = None if objects is None else np.shape(objects.data)
         if path is None:
-            path, chosen = QFileDialog.getSaveFileName(self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS))
+            # Only COCO holds a stack: offer it first for one.
+            offered = COCO_FILTER if shape is not None and len(shape) > 2 else ""
+            path, chosen = QFileDialog.getSaveFileName(
+                self, "Export objects", "objects.json", ";;".join(EXPORT_FILTERS), offered
+            )
             if not path:
                 return
             format = EXPORT_FILTERS.get(chosen)
         saved = self._run(lambda: self.segmenter.export(path, format))
         if saved is not None:
-            show_info(f"samkit: saved {saved}")
+            every = f" (all {int(np.prod(shape[:-2]))} slices)" if shape is not None and len(shape) > 2 else ""
+            show_info(f"samkit: saved {saved}{every}")

@@ -21,7 +21,13 @@ from napari.utils.events import EmitterGroup, Event
 from napari.utils.notifications import show_warning
 
 from .. import medical, rle
-from ..automatic import GENERATOR_OPTIONS, AutomaticMaskGenerator, masks_to_labels, stability_score
+from ..automatic import (
+    GENERATOR_OPTIONS,
+    AutomaticMaskGenerator,
+    masks_to_labels,
+    remove_small_regions,
+    stability_score,
+)
 from ..cache import EmbeddingCache
 from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
@@ -30,13 +36,22 @@ from ..predictor import Predictor
 from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
 from ..volume import VolumeEmbeddings
-from ..weights import REGISTRY
 from . import _layers
-from ._plane import Plane, plane_in_view
+from ._plane import Plane, plane_in_view, spatial_shape
 from ._prompts import Prompt, prompt_from_layers
+
+# The export formats and what the user knows them as; only COCO holds a stack.
+EXPORT_FORMATS = {"sa1b": "SA-1B RLE JSON", "coco": "COCO RLE JSON", "csv": "A CSV of RLE strings"}
 
 # The logit offset of the stability score shown beside each candidate (SAM's default).
 STABILITY_OFFSET = GENERATOR_OPTIONS["stability_score_offset"][1]
+# A one-channel image whose pixels (their 0.5 to 99.5 percentiles) span less than this share of its
+# contrast limits looks dim to SAM, and samkit suggests auto-contrast.
+DIM_SHARE = 0.25
+AUTO_PERCENTILES = (0.5, 99.5)
+# Candidates predicted to overlap their object less than this are not shown (samkit_tiny's
+# whole-image lattice scores about 0.01); the best candidate always is.
+DEFAULT_MIN_IOU = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,8 @@ class EmbedRequest:
 class Candidates:
     """SAM's answer to one prompt: masks (C, H, W), predicted IoU, stability, low-res logits.
 
-    ``outlines`` (H, W) holds candidate ``i``'s outline as ``i + 1`` (smaller masks drawn last).
+    ``edges`` (H, W) has bit ``i`` set on candidate ``i``'s outline; ``outlines`` (H, W) holds the
+    outline of each shown candidate ``i`` as ``i + 1`` (smaller masks drawn last).
     """
 
     masks: np.ndarray
@@ -65,6 +81,8 @@ class Candidates:
     key: tuple
     chosen: int = 0
     outlines: np.ndarray | None = None
+    edges: np.ndarray | None = None
+    shown: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,24 +105,69 @@ class GridResult:
     table: dict[str, np.ndarray]
 
 
-def outlines(inside: np.ndarray) -> np.ndarray:
-    """Outlines of the masks ``inside`` (C, H, W), C <= 8, as one label image (H, W) uint8.
+def outline_bits(inside: np.ndarray) -> np.ndarray:
+    """The outlines of the masks ``inside`` (C, H, W), C <= 8, as the bits of one (H, W) uint8 image.
 
-    A mask's outline is its pixels that touch its background (4-neighbourhood; the image edge
-    counts). Each outline pixel holds 1 + the index of the smallest mask whose outline it is on
-    (smaller masks are drawn over larger ones); every other pixel is 0. All masks are handled in
-    one pass, as the bits of one uint8 image.
+    Bit ``i`` is set on mask ``i``'s outline: its pixels that touch its background
+    (4-neighbourhood; the image edge counts). All masks are handled in one pass.
     """
     bits = np.zeros(inside.shape[1:], np.uint8)
     for i, mask in enumerate(inside):
         bits |= mask.view(np.uint8) << i
     padded = np.pad(bits, 1)
     core = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    largest_first = np.argsort([-np.count_nonzero(mask) for mask in inside], kind="stable")
-    label_of = np.zeros(1 << len(inside), np.uint8)
+    return bits & ~core
+
+
+def outline_labels(bits: np.ndarray, areas: Sequence[int], shown: Sequence[int]) -> np.ndarray:
+    """The outlines in ``bits`` (from :func:`outline_bits`) of the masks ``shown``, as one label image.
+
+    Each outline pixel holds 1 + the index of the smallest shown mask (by ``areas``) whose outline
+    it is on, so smaller masks are drawn over larger ones; every other pixel is 0.
+    """
+    largest_first = [i for i in np.argsort([-a for a in areas], kind="stable") if i in shown]
+    label_of = np.zeros(1 << len(areas), np.uint8)
     for code in range(1, len(label_of)):
-        label_of[code] = 1 + [i for i in largest_first if code >> i & 1][-1]
-    return label_of[bits & ~core]
+        on = [i for i in largest_first if code >> i & 1]
+        label_of[code] = 1 + on[-1] if on else 0
+    return label_of[bits]
+
+
+def outlines(inside: np.ndarray) -> np.ndarray:
+    """Outlines of all the masks ``inside`` (C, H, W), C <= 8, as one label image (H, W) uint8: see
+    :func:`outline_labels`."""
+    areas = [int(np.count_nonzero(mask)) for mask in inside]
+    return outline_labels(outline_bits(inside), areas, range(len(inside)))
+
+
+def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """``mask`` with its holes, then its islands, of fewer than ``min_area`` pixels removed (SAM's order)."""
+    if min_area <= 0:
+        return mask
+    for mode in ("holes", "islands"):
+        mask, _ = remove_small_regions(mask, min_area, mode)
+    return mask
+
+
+def _sample(pixels: np.ndarray) -> np.ndarray:
+    """About 250,000 pixels of a plane, evenly spread, as float."""
+    step = max(1, int(np.sqrt(pixels.size / 250_000)))
+    return np.asarray(pixels[::step, ::step], dtype=np.float64)
+
+
+def auto_limits(pixels: np.ndarray) -> tuple[float, float]:
+    """Contrast limits from the 0.5 and 99.5 percentiles of a plane's pixels (NaN left out)."""
+    low, high = (float(v) for v in np.nanpercentile(_sample(pixels), AUTO_PERCENTILES))
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def contrast_share(pixels: np.ndarray, limits: tuple[float, float]) -> float:
+    """The share of the contrast window ``limits`` that the bulk of ``pixels`` (0.5 to 99.5 percentiles) spans."""
+    lo, hi = auto_limits(pixels)
+    low, high = limits
+    if high <= low:
+        return 1.0
+    return max(0.0, min(hi, high) - max(lo, low)) / (high - low)
 
 
 def _contrast_limits(layer: Image) -> tuple[float, float] | None:
@@ -144,8 +207,14 @@ class Segmenter:
         self.embedded: EmbedRequest | None = None
         self.candidates: Candidates | None = None
         self.grid: GridResult | None = None
+        self.best_only = False
+        self.min_iou = DEFAULT_MIN_IOU
+        # Committed masks lose islands and holes smaller than this many pixels (0: kept as predicted).
+        self.min_region_area = 0
         self._image = image
-        self._shown_plane: Plane | None = None
+        # The plane whose candidates are drawn, and the layers they are drawn in.
+        self._shown: tuple[Plane, tuple[Labels, ...]] | None = None
+        self._dim_warned: set[tuple] = set()
         if model is not None:
             self.set_model(model, device=device)
 
@@ -157,7 +226,7 @@ class Segmenter:
             loaded, name = model, "model"
         else:
             loaded = load_model(model, device=device, progress=progress)
-            name = str(model) if str(model) in REGISTRY else Path(model).name
+            name = os.fspath(model)
         self.use_model(loaded, name)
         return loaded
 
@@ -190,9 +259,12 @@ class Segmenter:
 
     @image_layer.setter
     def image_layer(self, layer: Image | None) -> None:
+        """Segment ``layer`` (None: follow the selection); samkit's layers of it come above it."""
         if layer is not None and not isinstance(layer, Image):
             raise ParameterError(f"{layer.name!r} is a {type(layer).__name__} layer: choose an image layer.")
         self._image = layer
+        if layer is not None:
+            _layers.keep_above(self.viewer, layer)
 
     def plane(self) -> Plane:
         """The plane of the image layer in view."""
@@ -213,9 +285,29 @@ class Segmenter:
         return plane, limits, (id(layer), plane.data_id, plane.axes, plane.index, limits, id(model), self.precision)
 
     def embed_request(self) -> EmbedRequest:
-        """What to embed for the plane in view (GUI thread)."""
+        """What to embed for the plane in view (GUI thread); warns once when the image looks dim to SAM."""
         plane, limits, key = self._view()
-        return EmbedRequest(plane, plane.image(), limits, key)
+        request = EmbedRequest(plane, plane.image(), limits, key)
+        hint = self.contrast_hint(request)
+        if hint is not None and (id(plane.layer), limits) not in self._dim_warned:
+            self._dim_warned.add((id(plane.layer), limits))
+            show_warning(hint)
+        return request
+
+    def contrast_hint(self, request: EmbedRequest) -> str | None:
+        """Advice to auto-contrast when a one-channel image's pixels fill little of its contrast limits."""
+        pixels, limits = request.pixels, request.contrast_limits
+        if limits is None or pixels.ndim != 2 or pixels.dtype == np.uint8:
+            return None
+        share = contrast_share(pixels, limits)
+        if share >= DIM_SHARE:
+            return None
+        return (
+            f"{request.plane.layer.name!r} looks dim to SAM: most of its pixels span only {share:.0%} of its "
+            f"contrast limits ({limits[0]:g} to {limits[1]:g}), which gives poor masks. Auto-contrast it: "
+            "'Contrast: auto' in the Segment widget (or napari's auto-contrast in the layer controls); "
+            "samkit embeds it again by itself."
+        )
 
     @property
     def needs_embedding(self) -> bool:
@@ -247,6 +339,7 @@ class Segmenter:
         self.predictor = predictor
         self.embedded = request
         self.candidates = None
+        _layers.keep_above(self.viewer, request.plane.layer)
         return True
 
     def embed(self, progress: Progress | None = None) -> None:
@@ -350,49 +443,94 @@ class Segmenter:
         inside = logits > threshold
         masks = np.zeros((len(inside), *predictor.original_size), dtype=bool)
         masks[:, rows, cols] = inside
+        areas = [int(np.count_nonzero(mask)) for mask in inside]
+        shown = self.shown_candidates(iou)
+        edges = np.zeros(predictor.original_size, dtype=np.uint8)
+        edges[rows, cols] = outline_bits(inside)
         drawn = np.zeros(predictor.original_size, dtype=np.uint8)
-        drawn[rows, cols] = outlines(inside)
-        return Candidates(masks, iou, stability, low_res, prompt, plane, key, int(np.argmax(iou)), drawn)
+        drawn[rows, cols] = outline_labels(edges[rows, cols], areas, shown)
+        best = int(np.argmax(iou))
+        return Candidates(masks, iou, stability, low_res, prompt, plane, key, best, drawn, edges, shown)
+
+    def shown_candidates(self, iou: Sequence[float], chosen: int | None = None) -> tuple[int, ...]:
+        """The candidates to outline, of ones with predicted ``iou``: the best only (``best_only``),
+        else those scoring at least ``min_iou``; the best and the ``chosen`` one always."""
+        best = int(np.argmax(iou))
+        if self.best_only:
+            return (best,)
+        return tuple(i for i, value in enumerate(iou) if value >= self.min_iou or i in (best, chosen))
+
+    def set_candidate_display(self, best_only: bool | None = None, min_iou: float | None = None) -> None:
+        """Show the best candidate only, or those with a predicted IoU of at least ``min_iou``
+        (0 shows all); the candidates on view are redrawn."""
+        if min_iou is not None:
+            if not 0.0 <= float(min_iou) <= 1.0:
+                raise ParameterError(f"min_iou is a predicted IoU between 0 and 1, not {min_iou!r}.")
+            self.min_iou = float(min_iou)
+        if best_only is not None:
+            self.best_only = bool(best_only)
+        found = self.candidates
+        if found is None:
+            return
+        if self.best_only:
+            found.chosen = int(np.argmax(found.iou))
+        self._outline(found)
+
+    def _outline(self, found: Candidates) -> None:
+        """Outline the candidates of ``found`` to show, and show them."""
+        shown = self.shown_candidates(found.iou, found.chosen)
+        if shown != found.shown and found.edges is not None:
+            found.shown = shown
+            found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], shown)
+        self.show(found)
 
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
         """Show candidates in ``samkit: candidates`` and the chosen one in ``samkit: current``.
 
-        ``thumbnails=False`` leaves the two layers' thumbnails for :meth:`refresh_thumbnails`:
-        live predictions update the layers many times a second, and each new thumbnail also
-        repaints napari's layer list.
+        Whatever was shown before, on another plane or another image (of any size), is cleared
+        from the layers it was drawn in. ``thumbnails=False`` leaves the two layers' thumbnails
+        for :meth:`refresh_thumbnails`: live predictions update the layers many times a second,
+        and each new thumbnail also repaints napari's layer list.
         """
         self.candidates = candidates
-        image = candidates.plane.layer if candidates else (self.embedded.plane.layer if self.embedded else None)
-        if image is None or image not in self.viewer.layers:
+        plane = candidates.plane if candidates is not None else None
+        drawn: tuple[Labels, ...] = ()
+        if plane is not None and plane.layer in self.viewer.layers:
+            drawn = (_layers.candidates_layer(self.viewer, plane.layer), _layers.current_layer(self.viewer, plane.layer))
+        previous = self._shown
+        if previous is not None and (previous[0] != plane or previous[1] != drawn):
+            self._clear_shown(thumbnails)
+        if not drawn:
+            self._shown = None
             return
-        outline_layer = _layers.candidates_layer(self.viewer, image)
-        current = _layers.current_layer(self.viewer, image)
-        previous = self._shown_plane
-        plane = candidates.plane if candidates else previous
-        if plane is None:
-            return
-        if previous is not None and previous != plane and previous.layer is image:
-            previous.write(outline_layer.data, np.zeros(previous.shape, np.uint8))
-            previous.write(current.data, np.zeros(previous.shape, np.uint8))
-        if candidates is None:
-            plane.write(outline_layer.data, np.zeros(plane.shape, np.uint8))
-            plane.write(current.data, np.zeros(plane.shape, np.uint8))
-        else:
-            plane.write(outline_layer.data, candidates.outlines)
-            plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
+        outline_layer, current = drawn
+        plane.write(outline_layer.data, candidates.outlines)
+        plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
         # The layers keep their shape, so their extent (and the viewer's dims) stay as they are.
-        outline_layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
-        current.refresh(thumbnail=thumbnails, extent=False, highlight=False)
-        self._shown_plane = plane
+        for layer in drawn:
+            layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
+        self._shown = (plane, drawn)
+
+    def _clear_shown(self, thumbnails: bool) -> None:
+        """Clear the candidates shown last from the layers they were drawn in (those still there)."""
+        plane, drawn = self._shown
+        self._shown = None
+        for layer in drawn:
+            if layer not in self.viewer.layers:
+                continue
+            if plane.layer in self.viewer.layers and layer.data.shape == spatial_shape(plane.layer):
+                plane.write(layer.data, np.zeros(plane.shape, layer.data.dtype))
+            else:
+                # The image went or changed shape: the whole layer held only that plane's candidates.
+                layer.data[...] = 0
+            layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
 
     def refresh_thumbnails(self) -> None:
         """Bring the layer-list thumbnails of ``samkit: candidates`` and ``samkit: current`` up to date."""
-        plane = self._shown_plane
-        if plane is None or plane.layer not in self.viewer.layers:
+        if self._shown is None:
             return
-        for name in (_layers.CANDIDATES, _layers.CURRENT):
-            layer = _layers.existing_labels(self.viewer, plane.layer, name)
-            if layer is not None:
+        for layer in self._shown[1]:
+            if layer in self.viewer.layers:
                 layer.refresh(data_displayed=False, highlight=False, extent=False)
 
     def predict(self) -> Candidates | None:
@@ -416,8 +554,12 @@ class Segmenter:
             raise PromptError(
                 f"There are {len(self.candidates.masks)} candidate(s); choose 1 to {len(self.candidates.masks)}."
             )
+        if self.best_only and index != int(np.argmax(self.candidates.iou)):
+            raise PromptError(
+                f"Candidate {index + 1} is hidden: 'Best mask only' is on (Shift+B turns it off to choose another)."
+            )
         self.candidates.chosen = index
-        self.show(self.candidates)
+        self._outline(self.candidates)
 
     # Objects.
 
@@ -429,13 +571,15 @@ class Segmenter:
     def commit(self, overwrite: bool = False) -> int:
         """Write the chosen mask into ``samkit: objects`` with the next free id; returns the id (key C).
 
-        Pixels of existing objects are kept unless ``overwrite``. The prompts are cleared, and
-        napari's undo (Ctrl+Z on the objects layer, or :meth:`undo`) reverts the commit.
+        Holes and islands smaller than ``min_region_area`` pixels are removed first, as SAM's own
+        post-processing does. Pixels of existing objects are kept unless ``overwrite``. The prompts
+        are cleared, and napari's undo (Ctrl+Z on the objects layer, or :meth:`undo`) reverts the commit.
         """
         found = self.candidates
         if found is None:
             raise PromptError("Nothing to commit: add a point or a box first.")
-        mask = found.masks[found.chosen]
+        self._require_unchanged(found.plane, "choosing a candidate")
+        mask = clean_mask(found.masks[found.chosen], self.min_region_area)
         objects = _layers.objects_layer(self.viewer, found.plane.layer)
         if not overwrite:
             mask = mask & (found.plane.read(objects.data) == 0)
@@ -451,6 +595,7 @@ class Segmenter:
             "model": self.model_name,
             "predicted_iou": float(found.iou[found.chosen]),
             "stability_score": float(found.stability[found.chosen]),
+            "min_region_area": self.min_region_area,
             **found.prompt.record(),
         }
         objects.selected_label = new_id + 1
@@ -465,11 +610,18 @@ class Segmenter:
             layer = None
         return layer or _layers.find(self.viewer, _layers.OBJECTS, Labels)
 
-    def undo(self) -> None:
-        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation)."""
+    def undo(self) -> Labels:
+        """Undo the last change to ``samkit: objects`` (a commit, a move from grid mode, a propagation).
+
+        Returns the layer; raises ``PromptError`` when there is nothing to undo.
+        """
         layer = self._objects_in_use()
-        if layer is not None:
-            layer.undo()
+        if layer is None:
+            raise PromptError(f"There is nothing to undo: there is no '{_layers.OBJECTS}' layer yet.")
+        if not getattr(layer, "_undo_history", True):
+            raise PromptError(f"There is nothing left to undo in '{layer.name}'.")
+        layer.undo()
+        return layer
 
     # Grid mode.
 
@@ -509,15 +661,22 @@ class Segmenter:
         """Grid mode on the plane in view (on this thread); returns ``samkit: auto``."""
         return self.show_grid(self.compute_grid(self.grid_request(), params, progress, cancel))
 
+    @property
+    def grid_image(self) -> Image:
+        """The image whose grid mode objects are moved: that of the last grid run, else the current one."""
+        if self.grid is not None and self.grid.plane.layer in self.viewer.layers:
+            return self.grid.plane.layer
+        return self.image_layer
+
     def move_to_objects(self, ids: Sequence[int] | None = None, overwrite: bool = False) -> list[int]:
         """Move objects of ``samkit: auto`` (all, or ``ids``) into ``samkit: objects``; returns their new ids.
 
         One undo reverts the whole move. Pixels of existing objects are kept unless ``overwrite``.
         """
-        auto = _layers.find(self.viewer, _layers.AUTO, Labels)
+        image = self.grid_image
+        auto = _layers.existing_labels(self.viewer, image, _layers.AUTO)
         if auto is None:
-            raise PromptError("There is no 'samkit: auto' layer: run grid mode first.")
-        image = self.grid.plane.layer if self.grid else self.image_layer
+            raise PromptError(f"There is no 'samkit: auto' layer for {image.name!r}: run grid mode on it first.")
         objects = _layers.objects_layer(self.viewer, image)
         present = np.unique(auto.data)
         present = present[present > 0]
@@ -610,11 +769,17 @@ class Segmenter:
         """Set the image layer's contrast limits (what SAM sees) from a CT window or MR clipping.
 
         ``preset`` is a CT window name of ``samkit.medical.WINDOWS`` (HU), ``(level, width)``,
-        or ``"mr"``: the 0.5 and 99.5 percentiles of the non-zero voxels of the whole layer.
+        ``"mr"``: the 0.5 and 99.5 percentiles of the non-zero voxels of the whole layer, or
+        ``"auto"``: the 0.5 and 99.5 percentiles of the plane in view.
         """
         layer = self.image_layer
         data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-        limits = medical.mr_limits(np.asarray(data)) if preset == "mr" else medical.window_limits(preset)
+        if preset == "auto":
+            limits = auto_limits(self.plane().image())
+        elif preset == "mr":
+            limits = medical.mr_limits(np.asarray(data))
+        else:
+            limits = medical.window_limits(preset)
         low, high = layer.contrast_limits_range
         layer.contrast_limits_range = (min(low, limits[0]), max(high, limits[1]))
         layer.contrast_limits = limits
@@ -625,22 +790,27 @@ class Segmenter:
     def export(self, path: str | os.PathLike, format: str | None = None, layer: Labels | None = None) -> Path:
         """Save a labels layer (default ``samkit: objects``) as RLE: SA-1B or COCO JSON, or CSV strings.
 
-        ``format`` is "sa1b", "coco" or "csv" (default from the extension: .csv -> csv, else sa1b).
-        A stack is saved plane by plane: the plane in view.
+        ``format`` is "sa1b", "coco" or "csv" (default from the extension: .csv -> csv, else sa1b,
+        or coco for a stack). COCO holds a stack (every slice, one COCO image each); SA-1B and the
+        CSV hold one image and refuse a stack.
         """
         layer = layer or self._objects_in_use()
         if layer is None:
             raise FormatError("There is nothing to export: commit an object first (or pick a labels layer).")
         path = Path(path)
-        format = format or ("csv" if path.suffix.lower() == ".csv" else "sa1b")
         labels = np.asarray(layer.data)
-        if labels.ndim > 2:
-            labels = np.asarray(self.plane().read(labels))
+        stack = labels.ndim > 2
+        format = format or ("csv" if path.suffix.lower() == ".csv" else "coco" if stack else "sa1b")
+        if format not in EXPORT_FORMATS:
+            raise FormatError(f"Unknown export format {format!r}: use 'sa1b', 'coco' or 'csv'.")
+        if stack and format != "coco":
+            raise FormatError(
+                f"{EXPORT_FORMATS[format]} holds one image, but {layer.name!r} is a stack of shape {labels.shape}: "
+                "nothing was saved. Export it as COCO RLE JSON (format 'coco'), which holds every slice."
+            )
         name = self.image_layer.name if self.viewer.layers else layer.name
         if format == "sa1b":
             return Path(rle.write_sa1b(path, labels, file_name=name))
         if format == "coco":
             return Path(rle.write_coco(path, labels, file_name=name))
-        if format == "csv":
-            return Path(rle.write_strings_csv(path, labels))
-        raise FormatError(f"Unknown export format {format!r}: use 'sa1b', 'coco' or 'csv'.")
+        return Path(rle.write_strings_csv(path, labels))

@@ -103,6 +103,9 @@ class TrainWidget(JobWidget):
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
         self.epochs.setValue(10)
+        self.lr = QLineEdit()
+        self.lr.setPlaceholderText("default: 1e-4 (decoder), 1e-5 (full)")
+        self.lr.setToolTip("Learning rate of AdamW; empty for the default of the mode")
         self.output = QLineEdit(str(Path(tempfile.gettempdir()) / "samkit-finetuned"))
         self.output.setToolTip("Folder for model.pth, model.json (the model card) and log.csv")
         self.plot = LossPlot()
@@ -113,6 +116,7 @@ class TrainWidget(JobWidget):
         form.addRow("labels", self.labels)
         form.addRow("mode", self.mode)
         form.addRow("epochs", self.epochs)
+        form.addRow("learning rate", self.lr)
         form.addRow("output", self.output)
         buttons = QHBoxLayout()
         buttons.addWidget(button("Train", "Shift-T", "Fine-tune the model in the background", self.run))
@@ -155,16 +159,33 @@ class TrainWidget(JobWidget):
             raise SamkitError("Choose an image layer and a labels layer with its objects (or folders).")
         return self.viewer.layers[image].data, self.viewer.layers[labels].data
 
+    def learning_rate(self) -> float | None:
+        """The learning rate typed in (None: the mode's default)."""
+        text = self.lr.text().strip()
+        if not text:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise SamkitError(
+                f"The learning rate is a positive number such as 1e-4 (or empty for the default); got {text!r}."
+            )
+        return value
+
     def run(self) -> None:
         """Train in a worker (loading the chosen model first when none is loaded)."""
         if not self.ready(self.run, "Training"):
             return
         try:
             data = self.data()
+            lr = self.learning_rate()
         except SamkitError as error:
             show_error(str(error))
             return
         model = copy.deepcopy(self.segmenter.model)  # the model in use stays as it is until training succeeds
+        base = self.segmenter.model_name
         mode, epochs = self.mode.currentText(), self.epochs.value()
         output = Path(self.output.text()).expanduser()
         self.plot.clear()
@@ -172,25 +193,26 @@ class TrainWidget(JobWidget):
         self.job = Job(
             "Training",
             lambda report: train(
-                model, data, output, mode=mode, epochs=epochs, overwrite=True, progress=report,
+                model, data, output, mode=mode, epochs=epochs, lr=lr, overwrite=True, progress=report,
                 on_record=self.job.record.emit,
             ),
-            self._trained,
+            lambda result: self._trained(result, base),
             self._progress,
         )
         self.job.record.connect(self.plot.add)
         self.job.finished.connect(self._finished)
         self.job.start()
 
-    def _trained(self, result: Any) -> None:
+    def _trained(self, result: Any, base: str) -> None:
+        """An improved model becomes the model in use; one that is the starting weights does not."""
         self.result = result
+        done = f"Done ({result.stopped}) after {result.steps} steps. {result.verdict()}"
+        if not result.improved:
+            self.status.setText(f"{done} {Path(base).name} stays the model in use; the log is in {result.output_dir}.")
+            return
         self.picker.add_file(result.model_path)
         self.segmenter.use_model(result.model, str(result.model_path))
-        best = result.history[result.best_epoch] if result.history else {}
-        self.status.setText(
-            f"Done ({result.stopped}) after {result.steps} steps: best epoch {result.best_epoch}, validation mIoU "
-            f"{best.get('val_miou')}. Saved {result.model_path}; it is now the model in use."
-        )
+        self.status.setText(f"{done} Saved {result.model_path}; it is now the model in use.")
 
     def _finished(self) -> None:
         if self.job is not None and self.job.cancelled:
