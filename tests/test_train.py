@@ -137,6 +137,19 @@ def test_folders_pair_by_stem_and_warn_about_unpaired_images(tmp_path):
     assert [s.name for s in both.samples] == ["cell1.png"]
 
 
+def test_a_folder_image_that_cannot_be_read_is_skipped_with_a_warning(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    image, labels = ellipses(0, objects=3)
+    tifffile.imwrite(tmp_path / "img" / "good.tif", image)
+    tifffile.imwrite(tmp_path / "lab" / "good.tif", labels)
+    (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
+    tifffile.imwrite(tmp_path / "lab" / "broken.tif", labels)
+    with pytest.warns(UserWarning, match="broken.png is skipped: Could not read"):
+        data = load_training_data((tmp_path / "img", tmp_path / "lab"))
+    assert [s.name for s in data.samples] == ["good.tif"] and data.skipped == ["broken.png"]
+
+
 def test_images_without_objects_are_skipped_with_a_warning():
     image, labels = ellipses(0, objects=3)
     with pytest.warns(UserWarning, match="pair 1 has no objects"):

@@ -42,7 +42,7 @@ class Sample:
 
 @dataclass
 class TrainingData:
-    """The usable samples and the names of the images skipped for having no objects."""
+    """The usable samples and the names of the images skipped (no objects, or a file that cannot be read)."""
 
     samples: list[Sample]
     skipped: list[str] = field(default_factory=list)
@@ -154,7 +154,8 @@ def load_training_data(data: object) -> TrainingData:
 
     Labels whose (H, W) differ from their image's raise ``ParameterError``
     naming the file or index and both shapes; an image without objects is
-    skipped with a warning; no objects at all raise ``ParameterError``.
+    skipped with a warning, and so is a pair of files that cannot be read; no objects at all raise
+    ``ParameterError``.
     """
     if isinstance(data, TrainingData):
         return data
@@ -164,9 +165,16 @@ def load_training_data(data: object) -> TrainingData:
             f"pairs; got {type(data).__name__}."
         )
     samples: list[Sample] = []
+    unreadable: list[str] = []
     if len(data) == 2 and all(_is_path(item) for item in data):
         for image_path, label_path in _pair_files(Path(data[0]), Path(data[1])):
-            samples += _samples_from_arrays(read_image(image_path), read_image(label_path), image_path.name)
+            try:
+                image, labels = read_image(image_path), read_image(label_path)
+            except ImageError as exc:
+                warnings.warn(f"{image_path.name} is skipped: {exc}", stacklevel=3)
+                unreadable.append(image_path.name)
+                continue
+            samples += _samples_from_arrays(image, labels, image_path.name)
     elif len(data) == 2 and all(_is_array(item) for item in data):
         samples += _samples_from_arrays(data[0], data[1], "the image")
     else:
@@ -175,9 +183,9 @@ def load_training_data(data: object) -> TrainingData:
                 raise ParameterError(f"data[{i}] must be an (image, labels) pair; got {type(pair).__name__}.")
             samples += _samples_from_arrays(pair[0], pair[1], f"pair {i}")
     if not samples:
-        raise ParameterError("The training data is empty: give at least one image with labels.")
+        raise ParameterError("The training data is empty: give at least one image with labels that can be read.")
     kept = [s for s in samples if s.objects]
-    skipped = [s.name for s in samples if not s.objects]
+    skipped = unreadable + [s.name for s in samples if not s.objects]
     for name in skipped:
         warnings.warn(f"{name} has no objects (every label is 0) and is skipped.", stacklevel=3)
     if not kept:
