@@ -145,8 +145,11 @@ def test_a_folder_image_that_cannot_be_read_is_skipped_with_a_warning(tmp_path):
     tifffile.imwrite(tmp_path / "lab" / "good.tif", labels)
     (tmp_path / "img" / "broken.png").write_bytes(b"not a png")
     tifffile.imwrite(tmp_path / "lab" / "broken.tif", labels)
-    with pytest.warns(UserWarning, match="broken.png is skipped: Could not read"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         data = load_training_data((tmp_path / "img", tmp_path / "lab"))
+    said = [str(w.message).split(":")[0] for w in caught if issubclass(w.category, UserWarning)]
+    assert said == ["broken.png is skipped"]
     assert [s.name for s in data.samples] == ["good.tif"] and data.skipped == ["broken.png"]
 
 

@@ -185,14 +185,14 @@ def load_training_data(data: object) -> TrainingData:
     if not samples:
         raise ParameterError("The training data is empty: give at least one image with labels that can be read.")
     kept = [s for s in samples if s.objects]
-    skipped = unreadable + [s.name for s in samples if not s.objects]
-    for name in skipped:
+    empty = [s.name for s in samples if not s.objects]
+    for name in empty:
         warnings.warn(f"{name} has no objects (every label is 0) and is skipped.", stacklevel=3)
     if not kept:
         raise ParameterError(
             f"None of the {len(samples)} label image(s) holds an object (all labels are 0): nothing to train on."
         )
-    return TrainingData(kept, skipped)
+    return TrainingData(kept, unreadable + empty)
 
 
 def dihedral(array: np.ndarray, k: int) -> np.ndarray:
