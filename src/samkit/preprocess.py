@@ -67,7 +67,10 @@ def _to_three(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _limits(channel: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+def percentile_limits(
+    channel: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+) -> tuple[float, float]:
+    """The ``percentiles`` (low, high) of a channel's finite pixels; (0, 0) where none is finite."""
     finite = channel[np.isfinite(channel)]
     if finite.size == 0:
         return 0.0, 0.0
@@ -142,7 +145,7 @@ def to_rgb_uint8(
     if image.dtype == np.uint8 and contrast_limits is None:
         return _to_three(image)
     if contrast_limits is None:
-        limits = [_limits(image[..., c], percentiles) for c in range(n)]
+        limits = [percentile_limits(image[..., c], percentiles) for c in range(n)]
     else:
         limits = _contrast_limits(contrast_limits, n)
     return _to_three(np.stack([_scale(image[..., c], *limits[c]) for c in range(n)], axis=-1))

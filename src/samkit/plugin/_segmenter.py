@@ -33,6 +33,7 @@ from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
 from ..predictor import Predictor
+from ..preprocess import percentile_limits
 from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
 from ..volume import VolumeEmbeddings
@@ -48,7 +49,6 @@ STABILITY_OFFSET = GENERATOR_OPTIONS["stability_score_offset"][1]
 # A one-channel image whose pixels (their 0.5 to 99.5 percentiles) span less than this share of its
 # contrast limits looks dim to SAM, and samkit suggests auto-contrast.
 DIM_SHARE = 0.25
-AUTO_PERCENTILES = (0.5, 99.5)
 # Candidates predicted to overlap their object less than this are not shown (samkit_tiny's
 # whole-image lattice scores about 0.01); the best candidate always is.
 DEFAULT_MIN_IOU = 0.05
@@ -157,7 +157,7 @@ def _sample(pixels: np.ndarray) -> np.ndarray:
 
 def auto_limits(pixels: np.ndarray) -> tuple[float, float]:
     """Contrast limits from the 0.5 and 99.5 percentiles of a plane's pixels (NaN left out)."""
-    low, high = (float(v) for v in np.nanpercentile(_sample(pixels), AUTO_PERCENTILES))
+    low, high = percentile_limits(_sample(pixels))
     return (low, high) if high > low else (low, low + 1.0)
 
 
