@@ -6,13 +6,13 @@
 # those scripts/run_tests.sh installs.
 # Usage: bash scripts/test_min_versions.sh [VENV_DIR] [pytest args...]
 #   VENV_DIR (made afresh) defaults to a new temporary folder;
-#   PYTHON names the interpreter (default python3.10).
+#   PYTHON names the interpreter (default python3.11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=$(mktemp -d)/venv
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then venv=$1; shift; fi
-"${PYTHON:-python3.10}" -m venv --clear "$venv"
+"${PYTHON:-python3.11}" -m venv --clear "$venv"
 export PATH="$venv/bin:$PATH"  # as if activated: the tests run npe2 from it
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -c scripts/min-versions.txt -e ".[test]"
