@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -12,9 +12,12 @@ import torch
 from .cache import CachedEmbedding, EmbeddingCache
 from .decoder_graph import graph_for
 from .device import resolve_precision
-from .errors import ImageError, NoImageError, PromptError
+from .errors import ImageError, NoImageError, ParameterError, PromptError
 from .model import ImageContext, Sam
 from .preprocess import to_rgb_uint8
+from .tiles.embeddings import EmbeddingProvider, TileEmbeddings
+from .tiles.grid import Box, TileGrid, auto_tiling, check_tiling
+from .tiles.source import as_source
 from .transforms import MaskUpsampler, input_shape, resize_longest_side, scale_coords
 
 
@@ -33,6 +36,54 @@ class PromptPredictor(Protocol):
 
 # The magnitude of the logits a drawn mask becomes as a mask prompt (SAM's own masks reach about 10 to 20).
 MASK_PROMPT_LOGIT = 8.0
+# The largest tiled image whose masks ``predict`` returns at full size (pixels); beyond, use predict_region.
+FULL_MASK_PIXELS = 1 << 26
+
+
+class RegionMasks(NamedTuple):
+    """The masks of one prompt over the part of the image they cover.
+
+    ``masks`` (C, h, w) bool and ``iou_predictions`` (C,) as from ``predict``; ``rows`` and ``cols``
+    are the slices of the full image the masks cover (every pixel outside is background);
+    ``low_res_logits`` (C, 256, 256) belong to ``frame``, the region of the image whose embedding
+    answered: pass both back (``mask_input=..., frame=...``) to refine the same object.
+    """
+
+    masks: np.ndarray
+    iou_predictions: np.ndarray
+    low_res_logits: np.ndarray
+    rows: slice
+    cols: slice
+    frame: Box
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(row, col) of the masks' top-left pixel in the full image."""
+        return self.rows.start, self.cols.start
+
+    def full(self, shape: tuple[int, int], fill: float | bool = False) -> np.ndarray:
+        """The masks pasted into (C, *shape) arrays of ``fill``."""
+        out = np.full((len(self.masks), *shape), fill, dtype=self.masks.dtype)
+        out[:, self.rows, self.cols] = self.masks
+        return out
+
+
+def _clip(box: Box, height: int, width: int) -> Box:
+    return Box(max(box.row0, 0), max(box.col0, 0), min(box.row1, height), min(box.col1, width))
+
+
+def _touches_cut(mask: np.ndarray, rows: slice, cols: slice, frame: Box, image_size: tuple[int, int]) -> bool:
+    """Whether a mask (in frame pixels ``rows``, ``cols``) reaches an edge of ``frame`` inside the image."""
+    filled_rows, filled_cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if len(filled_rows) == 0:
+        return False
+    fh, fw = frame.shape
+    top, bottom = rows.start + filled_rows[0], rows.start + filled_rows[-1]
+    left, right = cols.start + filled_cols[0], cols.start + filled_cols[-1]
+    return bool(
+        (top == 0 and frame.row0 > 0) or (bottom == fh - 1 and frame.row1 < image_size[0])
+        or (left == 0 and frame.col0 > 0) or (right == fw - 1 and frame.col1 < image_size[1])
+    )
 
 
 def _as_float_array(value: object, name: str) -> np.ndarray:
@@ -53,15 +104,37 @@ class Predictor:
     ``graph=True`` runs the prompt encoder and mask decoder as one traced
     graph per prompt layout (``samkit.decoder_graph``), which a busy GUI
     thread cannot slow down: for live predictions in a viewer.
+
+    ``tile_shape=(rows, cols)`` with ``halo`` (default an eighth of the tile) embeds images as
+    overlapping tiles (``samkit.tiles``), each when a prompt first needs it; ``"auto"`` tiles
+    only images larger than the model's input, with tiles at the image's own resolution.
+    Tiled, ``set_image`` also takes memory maps, zarr and dask arrays and reads only the tiles
+    in use; ``predict_region`` answers a prompt anywhere with masks of the region they cover.
     """
 
     def __init__(
-        self, model: Sam, precision: str = "auto", cache: EmbeddingCache | bool | None = None, graph: bool = False
+        self,
+        model: Sam,
+        precision: str = "auto",
+        cache: EmbeddingCache | bool | None = None,
+        graph: bool = False,
+        *,
+        tile_shape: tuple[int, int] | int | str | None = None,
+        halo: tuple[int, int] | int | None = None,
     ) -> None:
         self.model = model.eval()
         self.graph = graph
         self.encoder_dtype = resolve_precision(precision, self.device)
         self.cache = EmbeddingCache() if cache is True else (cache or None)
+        if tile_shape is not None and tile_shape != "auto":
+            if halo is None:
+                halo = tuple(t // 8 for t in check_tiling(tile_shape, 0)[0])
+            tile_shape, halo = check_tiling(tile_shape, halo)
+        elif halo is not None and tile_shape is None:
+            raise ParameterError("halo was given without tile_shape: give tile_shape too (or \"auto\").")
+        self.tile_shape = tile_shape
+        self.halo = halo
+        self.tiles: TileEmbeddings | None = None
         self.reset_image()
 
     @property
@@ -70,6 +143,10 @@ class Predictor:
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
+        if getattr(self, "tiles", None) is not None:
+            self.tiles.close()
+        self.tiles = None
+        self._last_frame: Box | None = None
         self.is_image_set = False
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
@@ -87,6 +164,7 @@ class Predictor:
         channels: Sequence[int] | None = None,
         contrast_limits: tuple[float, float] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        embeddings: EmbeddingProvider | None = None,
     ) -> None:
         """Compute the embedding of ``image`` (any dtype and channel layout, see ``to_rgb_uint8``).
 
@@ -94,9 +172,26 @@ class Predictor:
         and settings is loaded instead of recomputed. ``progress(done, total)``
         is called after each stage of the image encoder; an exception it raises
         (e.g. ``samkit.Cancelled``) stops the encoder and leaves no image set.
+        Tiled, nothing is embedded yet: each tile is when a prompt first needs it,
+        or all of them with :meth:`compute_all`; ``embeddings`` supplies tiles
+        computed elsewhere (e.g. ``samkit.tiles.read_microsam_embeddings``).
         """
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
+        if self.tile_shape is not None:
+            source = as_source(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+            tiling = (
+                auto_tiling(source.shape, self.model.img_size) if self.tile_shape == "auto"
+                else (self.tile_shape, self.halo)
+            )
+            if tiling is not None:
+                self.reset_image()
+                self.tiles = TileEmbeddings(self, source, TileGrid(source.shape, *tiling), embeddings)
+                self.tiles.flip_channels = image_format != self.model.image_format
+                self.original_size = source.shape
+                self.is_image_set = True
+                return
+            image = np.asarray(image)
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         if image_format != self.model.image_format:
             rgb = rgb[..., ::-1]
@@ -111,12 +206,19 @@ class Predictor:
                 self.reset_image()
                 self._use_features(hit.embedding.to(self.device), original_size, hit.input_size)
                 return
-        x, input_size = self.model_input(rgb)
         self.reset_image()
-        features = self._encode(x, progress)
+        features, _, input_size = self.embed(rgb, progress)
         self._use_features(features, original_size, input_size)
         if key is not None:
             self.cache.put(key, CachedEmbedding(features, original_size, input_size))
+
+    def embed(
+        self, rgb: np.ndarray, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """The embedding of an (H, W, 3) uint8 image in the model's colour order, without setting it:
+        (features, original size, input size)."""
+        x, input_size = self.model_input(rgb)
+        return self._encode(x, progress), (rgb.shape[0], rgb.shape[1]), input_size
 
     def model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """The encoder's input for an (H, W, 3) uint8 image, and the size the image takes in it."""
@@ -186,16 +288,24 @@ class Predictor:
         self._upsample = MaskUpsampler(low_res, model.img_size, input_size, original_size, self.device)
         self.is_image_set = True
 
-    def mask_to_input(self, mask: np.ndarray, logit: float = MASK_PROMPT_LOGIT) -> np.ndarray:
+    def mask_to_input(self, mask: np.ndarray, logit: float = MASK_PROMPT_LOGIT, frame: Box | None = None) -> np.ndarray:
         """A binary mask of the image as a ``mask_input`` prompt: (1, 256, 256) logits of +-``logit``.
 
         The mask is resized into the model's low-res frame the way the image is
-        resized into the encoder's input (padding is background).
+        resized into the encoder's input (padding is background). Tiled, the
+        prompt belongs to ``frame`` (a region from :meth:`frame_for`), and the
+        mask covers either that region or the whole image.
         """
         from skimage.transform import resize
 
         self._require_image()
         mask = np.asarray(mask)
+        if self.tiles is not None:
+            if frame is None:
+                raise PromptError("The image is tiled: say which region the mask prompt is for (frame=...).")
+            if mask.shape == self.original_size:
+                mask = mask[frame.slices]
+            return self.tile_predictor(frame).mask_to_input(mask, logit)
         if mask.shape != self.original_size:
             raise PromptError(f"The mask is {mask.shape} but the image is {self.original_size}: give a mask of the image.")
         low = self.model.prompt_encoder.mask_input_size
@@ -208,12 +318,72 @@ class Predictor:
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image embedding, (1, C, h, w)."""
-        self._require_image()
+        self._require_whole()
         return self.features
 
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise NoImageError("No image is set: call set_image(image) before asking for masks or the embedding.")
+
+    def _require_whole(self) -> None:
+        self._require_image()
+        if self.tiles is not None:
+            raise ImageError(
+                "The image is tiled, so it has no single embedding: use predict_region for prompts, "
+                "tile_predictor(predictor.tile_grid[i].outer) for one tile's, or compute_all() to embed every tile."
+            )
+
+    @property
+    def tile_grid(self) -> TileGrid | None:
+        """The tiles of the current image, or None when it is not tiled."""
+        return None if self.tiles is None else self.tiles.grid
+
+    def tile_predictor(self, frame: Box, progress: Callable[[int, int], None] | None = None) -> Predictor:
+        """A predictor set to the region ``frame`` of a tiled image (its own pixels), embedding it if needed."""
+        self._require_image()
+        if self.tiles is None:
+            raise ImageError("The image is not tiled: this predictor answers prompts on the whole image itself.")
+        return self.tiles.frame(frame, progress)
+
+    def compute_all(self, progress: Callable[[int, int], None] | None = None, cancel: object = None) -> int:
+        """Embed every tile of a tiled image ahead of the prompts; returns how many were computed.
+
+        Tiles already stored are skipped, so a call after a cancelled one resumes.
+        ``cancel`` (a ``threading.Event`` or a callable) stops between tiles.
+        """
+        self._require_image()
+        if self.tiles is None:
+            return 0
+        return self.tiles.compute_all(progress, cancel)
+
+    def frame_for(
+        self, point_coords: np.ndarray | None = None, point_labels: np.ndarray | None = None, box: np.ndarray | None = None
+    ) -> Box:
+        """The region whose embedding answers a prompt: the tile whose inner region holds the prompt's
+        centre, or a window of a tile's size centred on the prompt when the tile's halo cannot hold it."""
+        self._require_image()
+        h, w = self.original_size
+        if self.tiles is None:
+            return Box(0, 0, h, w)
+        point_coords, point_labels, box, _ = self._check_prompts(point_coords, point_labels, box, None)
+        grid = self.tiles.grid
+        xy = [] if box is None else [box.reshape(2, 2)]
+        if point_coords is not None:
+            keep = point_labels == 1 if (point_labels == 1).any() else np.ones(len(point_labels), bool)
+            xy.append(point_coords[keep])
+        if not xy:
+            return grid[0].outer
+        xy = np.concatenate(xy)
+        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        if y1 - y0 > grid.outer_shape[0] or x1 - x0 > grid.outer_shape[1]:
+            raise PromptError(
+                f"The prompt spans {x1 - x0:.0f} x {y1 - y0:.0f} pixels (w x h) but a tile sees "
+                f"{grid.outer_shape[1]} x {grid.outer_shape[0]}: draw a smaller box, or use a larger tile_shape or halo."
+            )
+        centre = (y0 + y1) / 2, (x0 + x1) / 2
+        outer = grid.tile_at(*centre).outer
+        inside = Box(int(np.floor(y0)), int(np.floor(x0)), int(np.floor(y1)) + 1, int(np.floor(x1)) + 1)
+        return outer if outer.contains_box(_clip(inside, h, w)) else grid.window(*centre)
 
     def _check_prompts(
         self,
@@ -293,11 +463,103 @@ class Predictor:
 
         Points are (N, 2) x, y pixels with labels 1 (positive) or 0 (negative);
         the box is (x0, y0, x1, y1); ``mask_input`` is low-res logits from a
-        previous call. C is 3 with ``multimask_output`` and 1 without.
+        previous call. C is 3 with ``multimask_output`` and 1 without. Tiled, the masks are those of
+        :meth:`predict_region` pasted into the full image (up to ``FULL_MASK_PIXELS``).
         """
+        if self.tiles is not None:
+            h, w = self.original_size
+            if h * w > FULL_MASK_PIXELS:
+                raise PromptError(
+                    f"The image is {w} x {h} pixels: full-size masks would not fit in memory. Use predict_region, "
+                    "which returns the masks of the region they cover and its offset."
+                )
+            found = self.predict_region(
+                point_coords, point_labels, box, mask_input, multimask_output, _logits=return_logits
+            )
+            masks = found.full((h, w), -np.inf if return_logits else False)
+            return masks, found.iou_predictions, found.low_res_logits
         prompt = self._prompt_tensors(point_coords, point_labels, box, mask_input)
         masks, iou, low_res = self.predict_torch(*prompt, multimask_output=multimask_output, return_logits=return_logits)
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    def predict_region(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        frame: Box | None = None,
+        *,
+        _logits: bool = False,
+    ) -> RegionMasks:
+        """Masks of one prompt (in full-image pixels, as for :meth:`predict`) over the region they cover.
+
+        Untiled, the frame is the whole image. Tiled, the tile whose inner region holds the prompt
+        answers, embedded first if needed; when the best mask reaches that tile's edge inside the
+        image, a window centred on the mask answers again, so an object up to a tile's size comes
+        out whole. ``mask_input`` belongs to ``frame`` (default: the frame of the last prediction).
+        """
+        self._require_image()
+        h, w = self.original_size
+        point_coords, point_labels, box, mask_input = self._check_prompts(point_coords, point_labels, box, mask_input)
+        prompt = (point_coords, point_labels, box, mask_input, multimask_output, _logits)
+        if self.tiles is None:
+            return self._region(self, Box(0, 0, h, w), *prompt)
+        chosen = frame is None and mask_input is None
+        if frame is None and mask_input is not None:
+            if self._last_frame is None:
+                raise PromptError("mask_input on a tiled image needs the frame it belongs to: pass frame=... as well.")
+            frame = self._last_frame
+        frame = frame or self.frame_for(point_coords, point_labels, box)
+        found = self._region(self.tiles.frame(frame), frame, *prompt)
+        if chosen:
+            best = found.masks[int(np.argmax(found.iou_predictions))]
+            best = best > self.model.mask_threshold if _logits else best
+            rows = slice(found.rows.start - frame.row0, found.rows.stop - frame.row0)
+            cols = slice(found.cols.start - frame.col0, found.cols.stop - frame.col0)
+            if _touches_cut(best, rows, cols, frame, (h, w)):
+                filled_rows, filled_cols = np.flatnonzero(best.any(1)), np.flatnonzero(best.any(0))
+                window = self.tiles.grid.window(
+                    found.rows.start + (filled_rows[0] + filled_rows[-1] + 1) / 2,
+                    found.cols.start + (filled_cols[0] + filled_cols[-1] + 1) / 2,
+                )
+                if window != frame:
+                    frame = window
+                    found = self._region(self.tiles.frame(frame), frame, *prompt)
+        self._last_frame = frame
+        return found
+
+    def _region(
+        self,
+        predictor: Predictor,
+        frame: Box,
+        point_coords: np.ndarray | None,
+        point_labels: np.ndarray | None,
+        box: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        multimask_output: bool,
+        logits: bool,
+    ) -> RegionMasks:
+        """The prompt (full-image pixels) answered by ``predictor``, which is set to the region ``frame``."""
+        offset = np.array([frame.col0, frame.row0], dtype=np.float64)
+        fh, fw = frame.shape
+        if point_coords is not None and predictor is not self:
+            point_coords = point_coords - offset
+            x, y = point_coords[:, 0], point_coords[:, 1]
+            inside = (x >= 0) & (x <= fw) & (y >= 0) & (y <= fh)
+            point_coords, point_labels = point_coords[inside], point_labels[inside]
+            if len(point_coords) == 0:
+                point_coords = point_labels = None
+        if box is not None and predictor is not self:
+            box = np.clip(box - np.tile(offset, 2), 0, [fw, fh, fw, fh])
+        (rows, cols), values, iou, low_res = predictor.predict_window(
+            point_coords, point_labels, box, mask_input, multimask_output
+        )
+        masks = values if logits else values > self.model.mask_threshold
+        rows = slice(frame.row0 + rows.start, frame.row0 + rows.stop)
+        cols = slice(frame.col0 + cols.start, frame.col0 + cols.stop)
+        return RegionMasks(masks, iou, low_res, rows, cols, frame)
 
     @torch.inference_mode()
     def predict_window(
@@ -316,6 +578,7 @@ class Predictor:
         logits. Masks and stability scores at offsets down to ``-floor`` equal :meth:`predict`'s,
         at a fraction of its cost for an object much smaller than the image.
         """
+        self._require_whole()
         prompt = self._prompt_tensors(point_coords, point_labels, box, mask_input)
         low_res, iou = self.predict_low_res(*prompt, multimask_output=multimask_output)
         rows, cols, logits = self._upsample.window(low_res[0], self.model.mask_threshold + floor)
@@ -382,7 +645,7 @@ class Predictor:
         For many prompts on a large image, upsample only what is kept, a few
         masks at a time, with :meth:`upsample_logits`.
         """
-        self._require_image()
+        self._require_whole()
         if (point_coords is None) != (point_labels is None):
             raise PromptError("Give point_coords and point_labels together, or neither.")
         if point_coords is not None and (
@@ -436,7 +699,7 @@ class Predictor:
     ) -> None:
         """With ``graph=True``: trace the graph of this prompt's layout now if it is new (prompts as
         for :meth:`predict`), e.g. in a worker before the first click; otherwise nothing."""
-        if not self.graph:
+        if not self.graph or self.tiles is not None:
             return
         prompts = self._decoder_prompts(*self._prompt_tensors(point_coords, point_labels, box, mask_input))
         graph_for(self.model, self.features, self._dense_pe, self._context, *prompts, multimask_output)
@@ -444,5 +707,5 @@ class Predictor:
     @torch.inference_mode()
     def upsample_logits(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (..., 256, 256) -> logits at the image's original size (..., H, W)."""
-        self._require_image()
+        self._require_whole()
         return self._upsample(low_res)

@@ -8,8 +8,8 @@ side and clipped to the image. A tile's embedding is computed from its outer reg
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import ParameterError
 
@@ -137,7 +137,7 @@ class TileGrid:
         """A region of the largest outer tile's size centred on (row, col), shifted to lie inside the image."""
         boxes = []
         for centre, size, n in zip((row, col), self.outer_shape, self.shape):
-            start = min(max(int(round(centre - size / 2)), 0), n - size)
+            start = min(max(round(centre - size / 2), 0), n - size)
             boxes.append((start, start + size))
         (r0, r1), (c0, c1) = boxes
         return Box(r0, c0, r1, c1)
