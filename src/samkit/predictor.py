@@ -474,7 +474,7 @@ class Predictor:
                     "which returns the masks of the region they cover and its offset."
                 )
             found = self.predict_region(
-                point_coords, point_labels, box, mask_input, multimask_output, _logits=return_logits
+                point_coords, point_labels, box, mask_input, multimask_output, return_logits=return_logits
             )
             masks = found.full((h, w), -np.inf if return_logits else False)
             return masks, found.iou_predictions, found.low_res_logits
@@ -491,7 +491,8 @@ class Predictor:
         multimask_output: bool = True,
         frame: Box | None = None,
         *,
-        _logits: bool = False,
+        return_logits: bool = False,
+        floor: float = -1.0,
     ) -> RegionMasks:
         """Masks of one prompt (in full-image pixels, as for :meth:`predict`) over the region they cover.
 
@@ -499,11 +500,13 @@ class Predictor:
         answers, embedded first if needed; when the best mask reaches that tile's edge inside the
         image, a window centred on the mask answers again, so an object up to a tile's size comes
         out whole. ``mask_input`` belongs to ``frame`` (default: the frame of the last prediction).
+        With ``return_logits``, ``masks`` are the logits, computed where they can exceed
+        ``mask_threshold + floor`` (see :meth:`predict_window`).
         """
         self._require_image()
         h, w = self.original_size
         point_coords, point_labels, box, mask_input = self._check_prompts(point_coords, point_labels, box, mask_input)
-        prompt = (point_coords, point_labels, box, mask_input, multimask_output, _logits)
+        prompt = (point_coords, point_labels, box, mask_input, multimask_output, return_logits, floor)
         if self.tiles is None:
             return self._region(self, Box(0, 0, h, w), *prompt)
         chosen = frame is None and mask_input is None
@@ -515,7 +518,7 @@ class Predictor:
         found = self._region(self.tiles.frame(frame), frame, *prompt)
         if chosen:
             best = found.masks[int(np.argmax(found.iou_predictions))]
-            best = best > self.model.mask_threshold if _logits else best
+            best = best > self.model.mask_threshold if return_logits else best
             rows = slice(found.rows.start - frame.row0, found.rows.stop - frame.row0)
             cols = slice(found.cols.start - frame.col0, found.cols.stop - frame.col0)
             if _touches_cut(best, rows, cols, frame, (h, w)):
@@ -540,6 +543,7 @@ class Predictor:
         mask_input: np.ndarray | None,
         multimask_output: bool,
         logits: bool,
+        floor: float,
     ) -> RegionMasks:
         """The prompt (full-image pixels) answered by ``predictor``, which is set to the region ``frame``."""
         offset = np.array([frame.col0, frame.row0], dtype=np.float64)
@@ -554,7 +558,7 @@ class Predictor:
         if box is not None and predictor is not self:
             box = np.clip(box - np.tile(offset, 2), 0, [fw, fh, fw, fh])
         (rows, cols), values, iou, low_res = predictor.predict_window(
-            point_coords, point_labels, box, mask_input, multimask_output
+            point_coords, point_labels, box, mask_input, multimask_output, floor
         )
         masks = values if logits else values > self.model.mask_threshold
         rows = slice(frame.row0 + rows.start, frame.row0 + rows.stop)
