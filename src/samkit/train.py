@@ -51,7 +51,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -437,7 +437,7 @@ class _Run:
             },
             "settings": self.settings,
             "samkit_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         with atomic_output(self.out / CARD_FILE) as tmp:
             tmp.write_text(json.dumps(card, indent=2) + "\n")

@@ -22,7 +22,7 @@ from .preprocess import DEFAULT_PERCENTILES, to_rgb_uint8
 from .progress import Progress, as_cancel
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 # Percentiles of larger stacks are taken on a regular sub-grid of about this many voxels per channel.
 PERCENTILE_SAMPLE = 1 << 24
