@@ -34,51 +34,134 @@ def _box(text: str) -> list[float]:
     return _numbers(text, (4,), "--box X0,Y0,X1,Y1")
 
 
+def _tile_shape(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile-shape takes 'auto' or ROWS COLS in pixels, got {text!r}") from None
+
+
+def _tiling(args: argparse.Namespace) -> dict[str, Any]:
+    """``tile_shape`` and ``halo`` for a Predictor or a generator, from --tile-shape and --halo."""
+    tile = args.tile_shape
+    if tile is None:
+        if args.halo is not None:
+            raise SamkitError("--halo needs --tile-shape too: e.g. --tile-shape 768 768 --halo 128 128.")
+        return {}
+    if tile == ["auto"]:
+        if args.halo is not None:
+            raise SamkitError("--tile-shape auto picks its own halo: leave out --halo, or give --tile-shape ROWS COLS.")
+        return {"tile_shape": "auto"}
+    if len(tile) not in (1, 2) or "auto" in tile:
+        raise SamkitError(f"--tile-shape takes 'auto' or ROWS [COLS] in pixels; got {' '.join(map(str, tile))}.")
+    halo = None if args.halo is None else tuple(args.halo) * (2 if len(args.halo) == 1 else 1)
+    return {"tile_shape": tuple(tile) * (2 if len(tile) == 1 else 1), "halo": halo}
+
+
 def _predictor(args: argparse.Namespace):
     from .checkpoint import load_model
     from .predictor import Predictor
 
+    tiling = _tiling(args)
     model = load_model(args.model, device=args.device)
-    return Predictor(model, precision=args.precision, cache=not args.no_cache)
+    return Predictor(model, precision=args.precision, cache=not args.no_cache, **tiling)
+
+
+def _read(path: str, args: argparse.Namespace) -> Any:
+    """The image at ``path``: opened lazily when tiling (only the tiles in use are read), else in memory."""
+    from .io import read_image
+    from .tiles import open_image
+
+    return open_image(path) if args.tile_shape is not None else read_image(path)
 
 
 def _segment(args: argparse.Namespace) -> None:
     from .checkpoint import check_model_name
-    from .io import check_output_folder, read_image, write_mask
+    from .io import check_output_folder, write_mask
 
     if not args.point and not args.box:
         raise SamkitError("Give a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1.")
     check_output_folder(args.output)
     check_model_name(args.model)
-    image = read_image(args.image)
     predictor = _predictor(args)
-    predictor.set_image(image)
+    predictor.set_image(_read(args.image, args))
     points = np.array(args.point, dtype=np.float64) if args.point else None
     # One click is ambiguous: ask for three candidates and keep the best, as SAM advises.
     ambiguous = args.box is None and len(args.point) == 1
-    masks, scores, _ = predictor.predict(
+    found = predictor.predict_region(
         point_coords=None if points is None else points[:, :2],
         point_labels=None if points is None else points[:, 2].astype(np.int64),
         box=np.array(args.box) if args.box else None,
         multimask_output=args.multimask or ambiguous,
     )
+    scores = found.iou_predictions
     best = int(np.argmax(scores))
-    write_mask(args.output, masks.astype(np.uint8) if args.multimask else masks[best])
+    masks = found.masks.astype(np.uint8) if args.multimask else found.masks[best : best + 1]
+    if Path(args.output).suffix.lower() == ".zarr":
+        _write_zarr_mask(args.output, masks, found, predictor.original_size)
+    else:
+        _check_full_size(predictor.original_size, args.output)
+        full = found.full(predictor.original_size) if not args.multimask else _full(masks, found, predictor.original_size)
+        write_mask(args.output, full if args.multimask else full[0])
+    if predictor.tile_grid is not None:
+        rows, cols = found.rows, found.cols
+        print(f"the mask covers rows {rows.start}-{rows.stop - 1}, columns {cols.start}-{cols.stop - 1}")
     for i, score in enumerate(scores):
         chosen = " (written)" if args.multimask or i == best else ""
         print(f"mask {i}: predicted IoU {score:.4f}{chosen}")
     print(f"wrote {args.output}")
 
 
+def _full(masks: np.ndarray, found: Any, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros((len(masks), *shape), dtype=masks.dtype)
+    out[:, found.rows, found.cols] = masks
+    return out
+
+
+def _check_full_size(shape: tuple[int, int], output: str) -> None:
+    from .predictor import FULL_MASK_PIXELS
+
+    if shape[0] * shape[1] > FULL_MASK_PIXELS:
+        raise SamkitError(
+            f"The image is {shape[1]} x {shape[0]} pixels: a full-size {Path(output).suffix} mask would not fit in "
+            "memory. Write it to a .zarr output instead (-o mask.zarr), which stores only the chunks the mask covers."
+        )
+
+
+def _write_zarr_mask(path: str, masks: np.ndarray, found: Any, shape: tuple[int, int]) -> None:
+    """The mask(s) as a chunked zarr array of the image's size, of which only the region's chunks are written."""
+    import zarr
+
+    target = Path(path)
+    if target.exists():
+        raise SamkitError(f"{target} exists: choose another output, or remove it first.")
+    array = zarr.create_array(
+        store=str(target), shape=(len(masks), *shape) if len(masks) > 1 else shape,
+        chunks=(1, 1024, 1024) if len(masks) > 1 else (1024, 1024), dtype="uint8", fill_value=0,
+    )
+    if len(masks) > 1:
+        array[:, found.rows, found.cols] = masks.astype(np.uint8)
+    else:
+        array[found.rows, found.cols] = masks[0].astype(np.uint8)
+
+
 def _embed(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from .batch import FileResult
-    from .io import read_image
 
     predictor = _predictor(args)
     failed = []
     for i, path in enumerate(args.images, 1):
         try:
-            predictor.set_image(read_image(path))
+            predictor.set_image(_read(path, args))
+            if predictor.tile_grid is not None:
+                with tqdm(total=len(predictor.tile_grid), unit="tile", leave=False) as bar:
+                    computed = predictor.compute_all(progress=lambda done, total: bar.update(done - bar.n))
+                print(f"[{i}/{len(args.images)}] {path}: {len(predictor.tile_grid)} tiles, {computed} embedded now")
+                continue
         except (SamkitError, MemoryError) as exc:
             failed.append(FileResult(Path(path), None, failed=str(exc)))
             print(f"[{i}/{len(args.images)}] {path}: failed: {exc}")
@@ -313,19 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     model_options.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                                help="image encoder precision (auto: bfloat16 where the hardware has it)")
     model_options.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    tile_options = argparse.ArgumentParser(add_help=False)
+    tile_options.add_argument("--tile-shape", nargs="+", type=_tile_shape, metavar="ROWS COLS",
+                              help="embed large images as tiles of this size, read lazily ('auto': tile only "
+                                   "images larger than the model's input, at their own resolution)")
+    tile_options.add_argument("--halo", nargs="+", type=int, metavar="ROWS COLS",
+                              help="overlap added around each tile (default an eighth of the tile)")
 
-    segment = commands.add_parser("segment", parents=[model_options],
+    segment = commands.add_parser("segment", parents=[model_options, tile_options],
                                   help="segment one object from point and box prompts")
     segment.add_argument("image", help="image file (PNG, JPEG, TIFF incl. 16-bit)")
     segment.add_argument("--point", type=_point, action="append", default=[],
                          help="X,Y[,LABEL] in pixels; LABEL 1 positive (default) or 0 negative; repeatable")
     segment.add_argument("--box", type=_box, help="X0,Y0,X1,Y1 in pixels")
-    segment.add_argument("-o", "--output", required=True, help="mask file to write (.tif or .png)")
+    segment.add_argument("-o", "--output", required=True,
+                         help="mask file to write (.tif or .png; .zarr for an image too large for one file)")
     segment.add_argument("--multimask", action="store_true",
                          help="write all three candidate masks (a 3-page stack) instead of the single best")
     segment.set_defaults(run=_segment)
 
-    embed = commands.add_parser("embed", parents=[model_options],
+    embed = commands.add_parser("embed", parents=[model_options, tile_options],
                                 help="precompute image embeddings into the cache")
     embed.add_argument("images", nargs="+", help="image files")
     embed.set_defaults(run=_embed)
