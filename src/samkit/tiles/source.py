@@ -146,14 +146,18 @@ def _spread(n_chunks: int, count: int) -> list[int]:
 
 
 def _sample_boxes(shape: tuple[int, int], chunks: tuple[int, int] | None) -> list[Box]:
-    """At most SAMPLE_BLOCKS boxes spread over an image of ``shape``, each inside one chunk where chunked."""
+    """The whole image when small, else at most SAMPLE_BLOCKS boxes spread over it, each within one chunk
+    where the chunks are small enough."""
     rows, cols = shape
     if rows * cols <= MAX_SAMPLE_PIXELS:
         return [Box(0, 0, rows, cols)]
+    side = math.isqrt(SAMPLE_BLOCKS)
+    # Cells of one chunk each, but at least `side` of them along each axis, so that an array of a few
+    # large chunks (or of strips) is still sampled all over.
     ch, cw = chunks or (SAMPLE_SIDE, SAMPLE_SIDE)
-    ch, cw = max(1, min(ch, rows)), max(1, min(cw, cols))
+    ch, cw = max(1, min(ch, math.ceil(rows / side))), max(1, min(cw, math.ceil(cols / side)))
     n_rows, n_cols = math.ceil(rows / ch), math.ceil(cols / cw)
-    grid_cols = min(n_cols, math.isqrt(SAMPLE_BLOCKS))
+    grid_cols = min(n_cols, side)
     grid_rows = min(n_rows, SAMPLE_BLOCKS // grid_cols)
     grid_cols = min(n_cols, SAMPLE_BLOCKS // grid_rows)
     boxes = []
@@ -287,7 +291,15 @@ class ImageSource:
                 "The sampled pixels of the image are all NaN or inf: give contrast_limits=(low, high) for its "
                 "finite pixels."
             )
-        return [percentile_limits(values, self.percentiles) for values in per_channel]
+        limits = [percentile_limits(values, self.percentiles) for values in per_channel]
+        flat = [c for c, (lo, hi) in enumerate(limits) if hi <= lo]
+        if flat and (level is not self.data or boxes != [Box(0, 0, *shape)]):
+            warnings.warn(
+                f"The pixels sampled for contrast limits are constant in channel(s) {flat} (e.g. empty background), "
+                "so those channels will be black: pass contrast_limits=(low, high), e.g. the napari layer's.",
+                stacklevel=3,
+            )
+        return limits
 
     def rgb(self, box: Box) -> np.ndarray:
         """The (h, w, 3) uint8 model input for ``box``, scaled with the image's ``contrast_limits``."""
