@@ -1,5 +1,17 @@
-"""Large images as tiles: the grid, lazy reading, and each tile's embedding on demand."""
+"""Large images in tiles: the tile grid, and the images read region by region."""
 
-from .grid import MIN_TILE, Box, Tile, TileGrid, auto_tiling, check_tiling
+from .files import open_image, open_pyramid
+from .grid import Box, Tile, TileGrid, auto_tiling, check_tiling
+from .source import ImageSource, as_source
 
-__all__ = ["MIN_TILE", "Box", "Tile", "TileGrid", "auto_tiling", "check_tiling"]
+__all__ = [
+    "Box",
+    "ImageSource",
+    "Tile",
+    "TileGrid",
+    "as_source",
+    "auto_tiling",
+    "check_tiling",
+    "open_image",
+    "open_pyramid",
+]
