@@ -439,3 +439,34 @@ def test_reading_never_changes_the_file(tiled, image, model):
     with pytest.raises(ParameterError):
         embeddings.get(99)
     assert snapshot(path) == before
+
+
+def test_a_predictor_segments_from_micro_sams_tiles_without_the_encoder(tiled, image, model):
+    path, _ = tiled
+    embeddings = read_microsam_embeddings(path, model, image=image)
+    own = samkit.Predictor(model, precision="fp32", tile_shape=TILE, halo=HALO)
+    own.set_image(image)
+    borrowed = samkit.Predictor(model, precision="fp32", tile_shape="auto")
+    ran = []
+    borrowed.embed = lambda *args, **kwargs: ran.append(args)
+    borrowed.set_image(image, embeddings=embeddings)
+    assert borrowed.tile_grid.tile_shape == TILE and borrowed.compute_all() == 0
+    click = np.array([[140.0, 90.0]]), np.array([1])
+    mine, theirs = own.predict_region(*click), borrowed.predict_region(*click)
+    assert ran == [] and theirs.frame == mine.frame
+    np.testing.assert_array_equal(theirs.masks, mine.masks)
+    with pytest.raises(ImageError, match="tiling"):
+        samkit.Predictor(model, tile_shape=(256, 256), halo=(32, 32)).set_image(image, embeddings=embeddings)
+    with pytest.raises(ImageError, match="give the image they were computed from"):
+        samkit.Predictor(model, tile_shape="auto").set_image(image[:100], embeddings=embeddings)
+
+
+def test_a_predictor_uses_micro_sams_untiled_embedding(untiled, image, model, predictor):
+    path, _ = untiled
+    small = image[:100, :150]
+    borrowed = samkit.Predictor(model, precision="fp32")
+    borrowed.set_image(small, embeddings=read_microsam_embeddings(path, model, image=small))
+    predictor.set_image(small)
+    click = np.array([[70.0, 50.0]]), np.array([1])
+    for a, b in zip(borrowed.predict(*click), predictor.predict(*click)):
+        np.testing.assert_array_equal(a, b)

@@ -178,6 +178,10 @@ class Predictor:
         """
         if image_format not in ("RGB", "BGR"):
             raise ImageError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
+        if embeddings is not None:
+            self._use_embeddings(image, embeddings, channel_axis=channel_axis, channels=channels,
+                                 contrast_limits=contrast_limits, image_format=image_format)
+            return
         if self.tile_shape is not None:
             source = as_source(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
             tiling = (
@@ -186,7 +190,7 @@ class Predictor:
             )
             if tiling is not None:
                 self.reset_image()
-                self.tiles = TileEmbeddings(self, source, TileGrid(source.shape, *tiling), embeddings)
+                self.tiles = TileEmbeddings(self, source, TileGrid(source.shape, *tiling))
                 self.tiles.flip_channels = image_format != self.model.image_format
                 self.original_size = source.shape
                 self.is_image_set = True
@@ -211,6 +215,31 @@ class Predictor:
         self._use_features(features, original_size, input_size)
         if key is not None:
             self.cache.put(key, CachedEmbedding(features, original_size, input_size))
+
+    def _use_embeddings(self, image: object, embeddings: EmbeddingProvider, image_format: str, **options: object) -> None:
+        """Set ``image`` with embeddings computed elsewhere; tiles they lack are computed when needed."""
+        source = as_source(image, **options)
+        grid = embeddings.grid
+        if tuple(embeddings.shape) != tuple(source.shape):
+            raise ImageError(
+                f"The embeddings are of a {embeddings.shape[1]} x {embeddings.shape[0]} image but this one is "
+                f"{source.shape[1]} x {source.shape[0]}: give the image they were computed from."
+            )
+        if grid is None:
+            self.reset_image()
+            found = embeddings.get(0)
+            self._use_features(found.embedding.to(self.device, torch.float32), source.shape, tuple(found.input_size))
+            return
+        if self.tile_shape not in (None, "auto") and (self.tile_shape, self.halo) != (grid.tile_shape, grid.halo):
+            raise ImageError(
+                f"The embeddings were computed with tile_shape {grid.tile_shape} and halo {grid.halo}, this predictor "
+                f"tiles with {self.tile_shape} and {self.halo}: make the predictor with the embeddings' tiling."
+            )
+        self.reset_image()
+        self.tiles = TileEmbeddings(self, source, TileGrid(source.shape, grid.tile_shape, grid.halo), embeddings)
+        self.tiles.flip_channels = image_format != self.model.image_format
+        self.original_size = source.shape
+        self.is_image_set = True
 
     def embed(
         self, rgb: np.ndarray, progress: Callable[[int, int], None] | None = None

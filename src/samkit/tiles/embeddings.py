@@ -25,9 +25,13 @@ FRAMES_IN_MEMORY = 4
 
 
 class EmbeddingProvider(Protocol):
-    """Embeddings computed elsewhere (e.g. a micro-sam file): one per tile index, or None."""
+    """Embeddings computed elsewhere (e.g. a micro-sam file), one per tile of ``grid``."""
 
-    def get(self, index: int) -> CachedEmbedding | None: ...
+    grid: TileGrid | None
+
+    def computed(self, index: int) -> bool: ...
+
+    def get(self, index: int) -> CachedEmbedding: ...
 
 
 class TileEmbeddings:
@@ -93,10 +97,9 @@ class TileEmbeddings:
 
     def embedding(self, box: Box, progress: Progress | None = None) -> CachedEmbedding:
         """The embedding of the image region ``box``, computed only if no store has it."""
-        if self.provider is not None and (index := self._tile_index(box)) is not None:
-            found = self.provider.get(index)
-            if found is not None:
-                return found
+        index = None if self.provider is None else self._tile_index(box)
+        if index is not None and self.provider.computed(index):
+            return self.provider.get(index)
         rgb = self._rgb(box)
         key = self._key(box, rgb)
         hit = self.cache.get(key)
@@ -119,7 +122,7 @@ class TileEmbeddings:
         if box in self._frames:
             return True
         index = None if self.provider is None else self._tile_index(box)
-        if index is not None and self.provider.get(index) is not None:
+        if index is not None and self.provider.computed(index):
             return True
         rgb = self._rgb(box)
         return self.cache.get(self._key(box, rgb)) is not None

@@ -218,6 +218,11 @@ class MicroSamEmbeddings:
             return Tile(0, whole, whole)
         return self.grid[index]
 
+    def at(self, z: int) -> MicroSamSlice:
+        """The tiles of slice ``z`` of a stack, as ``Predictor.set_image(..., embeddings=...)`` takes them."""
+        self._check_z(z)
+        return MicroSamSlice(self, z)
+
     def computed(self, index: int, z: int | None = None) -> bool:
         """Whether micro-sam computed the embedding of tile ``index`` (at slice ``z`` of a stack).
 
@@ -373,3 +378,17 @@ def read_microsam_embeddings(path: str | os.PathLike, model: Sam, image: Any = N
     if image is not None:
         embeddings.check_image(image)
     return embeddings
+
+
+class MicroSamSlice:
+    """The embeddings of one slice of a micro-sam stack file (see :meth:`MicroSamEmbeddings.at`)."""
+
+    def __init__(self, embeddings: MicroSamEmbeddings, z: int) -> None:
+        self.embeddings, self.z = embeddings, z
+        self.grid, self.shape = embeddings.grid, embeddings.shape
+
+    def computed(self, index: int) -> bool:
+        return self.embeddings.computed(index, self.z)
+
+    def get(self, index: int = 0) -> CachedEmbedding:
+        return self.embeddings.get(index, self.z)
