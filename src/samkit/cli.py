@@ -45,18 +45,18 @@ def _tile_shape(text: str) -> int | str:
 
 def _tiling(args: argparse.Namespace) -> dict[str, Any]:
     """``tile_shape`` and ``halo`` for a Predictor or a generator, from --tile-shape and --halo."""
-    tile = args.tile_shape
+    tile, halo = getattr(args, "tile_shape", None), getattr(args, "halo", None)
     if tile is None:
-        if args.halo is not None:
+        if halo is not None:
             raise SamkitError("--halo needs --tile-shape too: e.g. --tile-shape 768 768 --halo 128 128.")
         return {}
     if tile == ["auto"]:
-        if args.halo is not None:
+        if halo is not None:
             raise SamkitError("--tile-shape auto picks its own halo: leave out --halo, or give --tile-shape ROWS COLS.")
         return {"tile_shape": "auto"}
     if len(tile) not in (1, 2) or "auto" in tile:
         raise SamkitError(f"--tile-shape takes 'auto' or ROWS [COLS] in pixels; got {' '.join(map(str, tile))}.")
-    halo = None if args.halo is None else tuple(args.halo) * (2 if len(args.halo) == 1 else 1)
+    halo = None if halo is None else tuple(halo) * (2 if len(halo) == 1 else 1)
     return {"tile_shape": tuple(tile) * (2 if len(tile) == 1 else 1), "halo": halo}
 
 
@@ -74,7 +74,7 @@ def _read(path: str, args: argparse.Namespace) -> Any:
     from .io import read_image
     from .tiles import open_image
 
-    return open_image(path) if args.tile_shape is not None else read_image(path)
+    return open_image(path) if getattr(args, "tile_shape", None) is not None else read_image(path)
 
 
 def _segment(args: argparse.Namespace) -> None:
@@ -86,7 +86,13 @@ def _segment(args: argparse.Namespace) -> None:
     check_output_folder(args.output)
     check_model_name(args.model)
     predictor = _predictor(args)
-    predictor.set_image(_read(args.image, args))
+    image = _read(args.image, args)
+    embeddings = None
+    if args.embeddings:
+        from .tiles import read_microsam_embeddings
+
+        embeddings = read_microsam_embeddings(args.embeddings, predictor.model, image=image)
+    predictor.set_image(image, embeddings=embeddings)
     points = np.array(args.point, dtype=np.float64) if args.point else None
     # One click is ambiguous: ask for three candidates and keep the best, as SAM advises.
     ambiguous = args.box is None and len(args.point) == 1
@@ -103,7 +109,7 @@ def _segment(args: argparse.Namespace) -> None:
         _write_zarr_mask(args.output, masks, found, predictor.original_size)
     else:
         _check_full_size(predictor.original_size, args.output)
-        full = found.full(predictor.original_size) if not args.multimask else _full(masks, found, predictor.original_size)
+        full = _full(masks, found, predictor.original_size)
         write_mask(args.output, full if args.multimask else full[0])
     if predictor.tile_grid is not None:
         rows, cols = found.rows, found.cols
@@ -411,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--box", type=_box, help="X0,Y0,X1,Y1 in pixels")
     segment.add_argument("-o", "--output", required=True,
                          help="mask file to write (.tif or .png; .zarr for an image too large for one file)")
+    segment.add_argument("--embeddings", metavar="ZARR",
+                         help="embeddings micro-sam saved for this image (its .zarr), used instead of computing them")
     segment.add_argument("--multimask", action="store_true",
                          help="write all three candidate masks (a 3-page stack) instead of the single best")
     segment.set_defaults(run=_segment)
