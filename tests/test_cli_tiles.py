@@ -70,6 +70,8 @@ def test_embed_computes_every_tile_once(big_tiff, tmp_path, capsys, monkeypatch)
     assert len(EmbeddingCache(tmp_path / "cache" / "embeddings").entries()) == 9
     assert main(args) == 0
     assert "9 tiles, 0 embedded now" in capsys.readouterr().out
+    assert main([*args, "--cache-size", "0.001"]) == 1
+    assert "holds at most 0.0 GiB" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -221,3 +221,12 @@ def test_drawn_mask_prompt_on_a_tiled_image(model):
     assert prompt.shape == (1, *model.prompt_encoder.mask_input_size)
     found = predictor.predict_region(mask_input=prompt, frame=frame)
     assert found.frame == frame
+
+
+def test_compute_all_refuses_a_cache_too_small_for_every_tile(model, tmp_path):
+    cache = EmbeddingCache(tmp_path / "small", max_bytes=3 << 20)
+    predictor = Predictor(model, cache=cache, tile_shape=(256, 256), halo=(32, 32))
+    predictor.set_image(_mosaic(3)[0])
+    with pytest.raises(ParameterError, match="holds at most"):
+        predictor.compute_all()
+    assert cache.entries() == []

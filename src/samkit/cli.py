@@ -66,7 +66,12 @@ def _predictor(args: argparse.Namespace):
 
     tiling = _tiling(args)
     model = load_model(args.model, device=args.device)
-    return Predictor(model, precision=args.precision, cache=not args.no_cache, **tiling)
+    cache = not args.no_cache
+    if cache and getattr(args, "cache_size", None) is not None:
+        from .cache import EmbeddingCache
+
+        cache = EmbeddingCache(max_bytes=int(args.cache_size * 2**30))
+    return Predictor(model, precision=args.precision, cache=cache, **tiling)
 
 
 def _read(path: str, args: argparse.Namespace) -> Any:
@@ -408,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "images larger than the model's input, at their own resolution)")
     tile_options.add_argument("--halo", nargs="+", type=int, metavar="ROWS COLS",
                               help="overlap added around each tile (default an eighth of the tile)")
+    tile_options.add_argument("--cache-size", type=float, metavar="GIB",
+                              help="the embedding cache's size limit in GiB (default 2): all tiles of a slide "
+                                   "with ViT-B take about 4 MB each")
 
     segment = commands.add_parser("segment", parents=[model_options, tile_options],
                                   help="segment one object from point and box prompts")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..cache import CachedEmbedding, EmbeddingCache
-from ..errors import Cancelled, SamkitError
+from ..errors import Cancelled, ParameterError, SamkitError
 from ..progress import Progress, as_cancel
 from .grid import Box, TileGrid
 
@@ -152,6 +152,7 @@ class TileEmbeddings:
         """
         stop = as_cancel(cancel)
         total = len(self.grid)
+        self._require_room(total)
         computed = 0
         for tile in self.grid:
             if stop():
@@ -162,6 +163,18 @@ class TileEmbeddings:
             if progress is not None:
                 progress(tile.index + 1, total)
         return computed
+
+    def _require_room(self, tiles: int) -> None:
+        """Refuse to start when the cache cannot hold every tile: it would evict the first ones."""
+        encoder = self.predictor.model.prompt_encoder
+        need = tiles * encoder.embed_dim * encoder.image_embedding_size[0] * encoder.image_embedding_size[1] * 4
+        if need > self.cache.max_bytes:
+            raise ParameterError(
+                f"Embedding all {tiles} tiles takes {need / 2**30:.1f} GiB, but the embedding cache in "
+                f"{self.cache.folder} holds at most {self.cache.max_bytes / 2**30:.1f} GiB, so the first tiles "
+                "would be evicted again. Give a larger cache (EmbeddingCache(max_bytes=...); on the command line "
+                "--cache-size GIB), larger tiles, or embed tiles on demand by prompting."
+            )
 
     def _require_storage(self, box: Box) -> None:
         rgb = self._rgb(box)
