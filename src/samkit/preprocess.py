@@ -78,9 +78,10 @@ def percentile_limits(
     return float(lo), float(hi)
 
 
-def _contrast_limits(
+def check_contrast_limits(
     contrast_limits: tuple[float, float] | Sequence[tuple[float, float]], n: int
 ) -> list[tuple[float, float]]:
+    """``contrast_limits`` as one finite (low, high) pair per channel of ``n``, or an ImageError."""
     try:
         arr = np.asarray(contrast_limits, dtype=np.float64)
     except (TypeError, ValueError):
@@ -147,5 +148,5 @@ def to_rgb_uint8(
     if contrast_limits is None:
         limits = [percentile_limits(image[..., c], percentiles) for c in range(n)]
     else:
-        limits = _contrast_limits(contrast_limits, n)
+        limits = check_contrast_limits(contrast_limits, n)
     return _to_three(np.stack([_scale(image[..., c], *limits[c]) for c in range(n)], axis=-1))

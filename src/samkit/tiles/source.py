@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageError, ParameterError
-from ..preprocess import DEFAULT_PERCENTILES, _contrast_limits, percentile_limits, to_rgb_uint8
+from ..preprocess import DEFAULT_PERCENTILES, check_contrast_limits, percentile_limits, to_rgb_uint8
 from .grid import Box
 
 # An image (or pyramid level) of at most this many pixels is sampled whole for its contrast limits.
@@ -210,7 +210,7 @@ class ImageSource:
         self.n_channels = None if self.channel_axis is None else full[self.channel_axis]
         self.channels = _pick(channels, self.n_channels or 1, self.dtype)
         n_out = len(self.channels) if self.channels else self.n_channels or 1
-        self._limits = None if contrast_limits is None else _contrast_limits(contrast_limits, n_out)
+        self._limits = None if contrast_limits is None else check_contrast_limits(contrast_limits, n_out)
         self._limits_known = contrast_limits is not None or self.dtype in (np.uint8, np.bool_)
         self._lock = threading.Lock()
 
