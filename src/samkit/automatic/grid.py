@@ -1,4 +1,4 @@
-"""Grid mode: segment everything in an image, as ``segment_anything.SamAutomaticMaskGenerator`` does.
+"""Grid mode on one image: segment everything, as ``segment_anything.SamAutomaticMaskGenerator`` does.
 
 A grid of single-point prompts is run through the model, once on the whole image and, with
 ``crop_n_layers > 0``, again on overlapping crops. Masks are kept when the model's predicted IoU
@@ -19,15 +19,15 @@ import torch
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from .errors import Cancelled, FormatError, ParameterError
-from .model import Sam
-from .predictor import Predictor
-from .preprocess import to_rgb_uint8
-from .progress import Cancel, Progress, as_cancel
-from .rle import area as rle_area
-from .rle import decode, encode_uncompressed
-from .transforms import scale_coords
-from .weights import grid_filters
+from ..errors import Cancelled, FormatError, ParameterError
+from ..model import Sam
+from ..predictor import Predictor
+from ..preprocess import to_rgb_uint8
+from ..progress import Cancel, Progress, as_cancel
+from ..rle import area as rle_area
+from ..rle import decode, encode_uncompressed
+from ..transforms import scale_coords
+from ..weights import grid_filters
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # A mask whose box comes this close (pixels) to a crop edge inside the image is cut off by the crop.
