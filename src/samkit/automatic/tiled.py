@@ -4,10 +4,11 @@ Each tile's inner region gets its own grid of point prompts, answered by the til
 its outer region: the inner region and its halo, see ``samkit.tiles``). The results are stitched:
 
 - A mask that reaches the edge of its frame (the region whose embedding answered) inside the image,
-  within ``CUT_TOLERANCE`` pixels, is cut off there. Its prompt is run again on a window of a
-  tile's size placed to hold the mask with room beyond the cut edge, and the mask is kept only if
-  it is whole there. A cut mask that is the view, within its frame, of a mask found whole before
-  (mask IoU above ``box_nms_thresh``) needs no window.
+  within ``CUT_TOLERANCE`` pixels, is cut off there. Its prompt is run again on a frame that holds
+  the mask with room beyond the cut: a neighbouring tile or a window used before when one does
+  (their embeddings are stored), else a new window of a tile's size placed for it; the mask is
+  kept only if it is whole there. A cut mask that is the view, within its frame, of a mask found
+  whole before (mask IoU above ``box_nms_thresh``) is not run again.
 - Within a tile, duplicates go by SAM's box NMS, as in one image. Between tiles, a mask and a mask
   of an earlier tile are one object when their mask IoU exceeds ``box_nms_thresh``; the one with
   the higher predicted IoU stays.
@@ -33,7 +34,15 @@ from ..progress import Cancel
 from ..rle import encode_uncompressed_at
 from ..tiles.grid import Box, Tile
 from ..transforms import scale_coords
-from .grid import _EIGHT_CONNECTED, _first_in_opencv_order, _Masks, _Ticker, box_nms, stability_score
+from .grid import (
+    _EIGHT_CONNECTED,
+    _first_in_opencv_order,
+    _Masks,
+    _Ticker,
+    box_nms,
+    remove_small_regions,
+    stability_score,
+)
 
 if TYPE_CHECKING:
     from .grid import AutomaticMaskGenerator
@@ -146,7 +155,9 @@ def clean_piece(piece: Piece, min_area: float, image_shape: tuple[int, int]) -> 
 
     Returns the cleaned piece and whether a small region was found. The crop is framed by one row
     or column of background on each side that is not the image's edge, which stands for the
-    background outside the crop (so a gap open to it is no hole), counted at its true size.
+    background outside the crop (so a gap open to it is no hole), counted at its true size. When
+    that background is itself small (the mask's box is nearly the whole image), the mask is
+    cleaned in the whole image, as it then fills it.
     """
     if piece.area == 0:
         return piece, False
@@ -155,9 +166,12 @@ def clean_piece(piece: Piece, min_area: float, image_shape: tuple[int, int]) -> 
     box = Box(piece.row0, piece.col0, piece.row1, piece.col1)
     pads = ((int(box.row0 > 0), int(box.row1 < height)), (int(box.col0 > 0), int(box.col1 < width)))
     padded = np.pad(piece.mask, pads)
+    outside = _outside_parts(pads, padded.shape, box, image_shape)
+    if any(size < min_area for _, size in outside):
+        return _clean_whole(piece, min_area, image_shape)
     labels, count = ndimage.label(~padded, structure=_EIGHT_CONNECTED)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    for border, size in _outside_parts(pads, padded.shape, box, image_shape):
+    for border, size in outside:
         label = labels[border][0]
         sizes[label] += size - np.count_nonzero(border & (labels == label))
     small = np.concatenate(([False], sizes[1:] < min_area))
@@ -178,6 +192,18 @@ def clean_piece(piece: Piece, min_area: float, image_shape: tuple[int, int]) -> 
     if not (holes or islands):
         return piece, False
     crop, row0, col0 = _cropped(mask, piece.row0, piece.col0)
+    return replace(piece, mask=crop, row0=row0, col0=col0, area=int(np.count_nonzero(crop))), True
+
+
+def _clean_whole(piece: Piece, min_area: float, image_shape: tuple[int, int]) -> tuple[Piece, bool]:
+    """``remove_small_regions`` (holes, then islands) of the piece's mask placed in the whole image."""
+    full = np.zeros(image_shape, dtype=bool)
+    full[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.mask
+    full, holes = remove_small_regions(full, min_area, "holes")
+    full, islands = remove_small_regions(full, min_area, "islands")
+    if not (holes or islands):
+        return piece, False
+    crop, row0, col0 = _cropped(full, 0, 0)
     return replace(piece, mask=crop, row0=row0, col0=col0, area=int(np.count_nonzero(crop))), True
 
 
