@@ -437,15 +437,8 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.progress = progress
-
-    @property
-    def tile_shape(self) -> tuple[int, int] | str | None:
-        """The tiles' (rows, cols), ``"auto"``, or None for whole images."""
-        return self.predictor.tile_shape
-
-    @property
-    def halo(self) -> tuple[int, int] | None:
-        return self.predictor.halo
+        # The tiles' (rows, cols) and halo as the predictor checked them, "auto", or None for whole images.
+        self.tile_shape, self.halo = self.predictor.tile_shape, self.predictor.halo
 
     @torch.inference_mode()
     def generate(
