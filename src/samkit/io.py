@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +43,8 @@ def check_output_folder(path: str | os.PathLike) -> Path:
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces it once the block succeeds.
 
-    On any error the temporary file is removed and an existing ``path`` is
-    left as it was, so a reader never sees a half-written file.
+    On any error the temporary file (or folder, e.g. a zarr store) is removed and an existing
+    ``path`` is left as it was, so a reader never sees a half-written file.
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
@@ -56,7 +57,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             "space, or choose another output path."
         ) from exc
     finally:
-        temporary.unlink(missing_ok=True)
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
 
 
 def _png_pixels(data: np.ndarray, path: Path) -> np.ndarray:

@@ -742,3 +742,10 @@ class Predictor:
         """Low-res logits (..., 256, 256) -> logits at the image's original size (..., H, W)."""
         self._require_whole()
         return self._upsample(low_res)
+
+    @torch.inference_mode()
+    def upsample_window(self, low_res: torch.Tensor, threshold: float) -> tuple[slice, slice, torch.Tensor]:
+        """:meth:`upsample_logits` only where a logit can exceed ``threshold``: the rows and columns of
+        the image outside which every logit is below it, and the logits (..., n_rows, n_cols) inside."""
+        self._require_whole()
+        return self._upsample.window(low_res, threshold)

@@ -210,6 +210,40 @@ def encode_uncompressed(mask: np.ndarray) -> RLE:
     return {"size": list(array.shape), "counts": counts}
 
 
+def encode_uncompressed_at(mask: np.ndarray, offset: Sequence[int], shape: Sequence[int]) -> RLE:
+    """:func:`encode_uncompressed` of a mask placed at ``offset`` (row, col) in an image of ``shape``
+    (H, W) that is background elsewhere, without building that image (a crop of a huge image)."""
+    crop = np.asarray(mask, dtype=bool)
+    height, width = (int(n) for n in shape)
+    row0, col0 = (int(n) for n in offset)
+    h, w = crop.shape if crop.ndim == 2 else (-1, -1)
+    if min(h, w, row0, col0) < 0 or row0 + h > height or col0 + w > width:
+        raise FormatError(
+            f"A {crop.shape} mask at offset {(row0, col0)} does not lie inside a {height} x {width} image: "
+            "give a 2D mask and an offset that keeps it inside."
+        )
+    # Each column of the crop, framed by background above and below, in column-major order.
+    framed = np.zeros((h + 2, w), dtype=np.int8)
+    framed[1:-1] = crop
+    steps = np.diff(framed.ravel(order="F"))
+    starts, ends = np.flatnonzero(steps == 1) + 1, np.flatnonzero(steps == -1) + 1
+
+    def placed(flat: np.ndarray) -> np.ndarray:
+        col, row = np.divmod(flat, h + 2)
+        return (col0 + col).astype(np.int64) * height + row0 + row - 1
+
+    starts, ends = placed(starts), placed(ends)
+    # A run that ends at the bottom of a full-height column goes on at the top of the next.
+    if len(starts):
+        joined = ends[:-1] == starts[1:]
+        starts, ends = starts[np.concatenate(([True], ~joined))], ends[np.concatenate((~joined, [True]))]
+    edges = np.concatenate(([0], np.stack([starts, ends], axis=1).ravel(), [height * width]))
+    counts = np.diff(edges).tolist()
+    if len(counts) > 1 and counts[-1] == 0:
+        counts.pop()
+    return {"size": [height, width], "counts": counts}
+
+
 def compress(rle: Mapping[str, Any]) -> RLE:
     """The compressed form (str counts) of an RLE given in either form."""
     return _compressed(rle, "RLE")

@@ -1,4 +1,4 @@
-"""Grid mode: segment everything in an image, as ``segment_anything.SamAutomaticMaskGenerator`` does.
+"""Grid mode on one image: segment everything, as ``segment_anything.SamAutomaticMaskGenerator`` does.
 
 A grid of single-point prompts is run through the model, once on the whole image and, with
 ``crop_n_layers > 0``, again on overlapping crops. Masks are kept when the model's predicted IoU
@@ -9,7 +9,7 @@ suppression. Parameters, defaults, output records and their order are the offici
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
@@ -19,15 +19,18 @@ import torch
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from .errors import Cancelled, FormatError, ParameterError
-from .model import Sam
-from .predictor import Predictor
-from .preprocess import to_rgb_uint8
-from .progress import Cancel, Progress, as_cancel
-from .rle import area as rle_area
-from .rle import decode, encode_uncompressed
-from .transforms import scale_coords
-from .weights import grid_filters
+from ..cache import EmbeddingCache
+from ..errors import Cancelled, FormatError, ImageError, ParameterError
+from ..model import Sam
+from ..predictor import FULL_MASK_PIXELS, Predictor
+from ..preprocess import to_rgb_uint8
+from ..progress import Cancel, Progress, as_cancel
+from ..rle import area as rle_area
+from ..rle import decode, encode_uncompressed
+from ..tiles.grid import auto_tiling
+from ..tiles.source import ImageSource, as_source
+from ..transforms import scale_coords
+from ..weights import grid_filters
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # A mask whose box comes this close (pixels) to a crop edge inside the image is cut off by the crop.
@@ -35,6 +38,10 @@ EDGE_TOLERANCE = 20.0
 # Full-resolution logits held at once while filtering a batch (bytes).
 FULL_RES_BYTES = 256 << 20
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+_CROPS_AND_TILES = (
+    "crop_n_layers > 0 does not combine with tiles: each tile is already seen at the image's own resolution. "
+    "Use crop_n_layers=0, or smaller tiles for finer detail."
+)
 
 
 
@@ -180,10 +187,18 @@ def box_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> 
     return keep
 
 
-def _first_in_opencv_order(labels: np.ndarray, candidates: np.ndarray) -> int:
-    """The candidate label OpenCV would number first: by its first 2 x 2 pixel block in raster order."""
+def _first_in_opencv_order(
+    labels: np.ndarray, candidates: np.ndarray, origin: tuple[int, int] = (0, 0), width: int | None = None
+) -> int:
+    """The candidate label OpenCV would number first: by its first 2 x 2 pixel block in raster order.
+
+    ``labels`` may be a crop at ``origin`` (row, col) of an image ``width`` pixels wide: the blocks
+    are those of the whole image.
+    """
     rows, cols = np.indices(labels.shape, sparse=True)
-    blocks = (rows // 2) * ((labels.shape[1] + 1) // 2) + cols // 2
+    rows, cols = rows + origin[0], cols + origin[1]
+    width = labels.shape[1] if width is None else width
+    blocks = (rows // 2) * ((width + 1) // 2) + cols // 2
     first_blocks = ndimage.minimum(blocks, labels, candidates)
     return int(candidates[int(np.argmin(first_blocks))])
 
@@ -353,7 +368,17 @@ class AutomaticMaskGenerator:
     - ``output_mode``: "binary_mask", "uncompressed_rle" or "coco_rle" (JSON-ready str counts).
 
     Beyond those: ``precision`` is the predictor's (``"auto"`` or ``"fp32"``), and
-    ``progress(done, total)`` is called after each batch, counting points over all crops.
+    ``progress(done, total)`` is called after each batch, counting points over all crops (or tiles).
+    ``cache`` (an ``EmbeddingCache``, or True for the default one) keeps embeddings on disk.
+
+    Tiles (``tile_shape=(rows, cols)``, ``halo``, as for ``Predictor``; ``"auto"`` tiles only
+    images larger than the model's input): the image is read and embedded tile by tile at its own
+    resolution, each tile's inner region gets its own ``points_per_side`` grid, and the masks are
+    stitched so that an object across tile borders comes once and whole (see
+    ``samkit.automatic.tiled``); objects larger than a tile's outer region are not found. Records
+    then carry full-image coordinates (``crop_box`` is the region whose embedding answered), and
+    :meth:`generate_labels` writes a label image of any size block by block. Crops
+    (``crop_n_layers``) do not combine with tiles.
     """
 
     def __init__(
@@ -375,6 +400,9 @@ class AutomaticMaskGenerator:
         *,
         precision: str = "auto",
         progress: Progress | None = None,
+        tile_shape: tuple[int, int] | int | str | None = None,
+        halo: tuple[int, int] | int | None = None,
+        cache: EmbeddingCache | bool | None = None,
     ) -> None:
         _check_count("points_per_batch", points_per_batch, 1)
         _check_count("crop_n_layers", crop_n_layers, 0)
@@ -394,7 +422,9 @@ class AutomaticMaskGenerator:
         if progress is not None and not callable(progress):
             raise ParameterError(f"progress must be a callable progress(done, total) or None; got {progress!r}.")
         self.point_grids = _layer_grids(points_per_side, point_grids, crop_n_layers, crop_n_points_downscale_factor)
-        self.predictor = Predictor(model, precision=precision)
+        self.predictor = Predictor(model, precision=precision, cache=cache, tile_shape=tile_shape, halo=halo)
+        if crop_n_layers > 0 and tile_shape not in (None, "auto"):
+            raise ParameterError(_CROPS_AND_TILES)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
@@ -407,6 +437,8 @@ class AutomaticMaskGenerator:
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
         self.progress = progress
+        # The tiles' (rows, cols) and halo as the predictor checked them, "auto", or None for whole images.
+        self.tile_shape, self.halo = self.predictor.tile_shape, self.predictor.halo
 
     @torch.inference_mode()
     def generate(
@@ -423,17 +455,124 @@ class AutomaticMaskGenerator:
         Records hold, in this order: ``segmentation`` (bool (H, W) array or RLE dict, per
         ``output_mode``), ``area``, ``bbox`` [x, y, w, h] (w, h one less than the pixel extent,
         as SAM), ``predicted_iou``, ``point_coords`` [[x, y]], ``stability_score`` and
-        ``crop_box`` [x, y, w, h]. Without crops they come by decreasing predicted IoU.
-        ``cancel`` (a ``threading.Event`` or a callable returning True to stop) is checked
-        between batches; when set, ``samkit.errors.Cancelled`` is raised. ``channel_axis``,
+        ``crop_box`` [x, y, w, h]. Without crops they come by decreasing predicted IoU (tiled:
+        tile by tile). ``cancel`` (a ``threading.Event`` or a callable returning True to stop) is
+        checked between batches; when set, ``samkit.errors.Cancelled`` is raised. ``channel_axis``,
         ``channels`` and ``contrast_limits`` are passed to ``to_rgb_uint8``; crops are cut from
-        its uint8 RGB result.
+        its uint8 RGB result. Tiled, ``image`` may also be a memory map, a zarr or dask array,
+        read a tile at a time; ``binary_mask`` records need an image of at most
+        ``samkit.predictor.FULL_MASK_PIXELS`` pixels (else use an RLE output mode or
+        :meth:`generate_labels`).
         """
         stop = as_cancel(cancel)
+        source = self._tiled_source(image, channel_axis, channels, contrast_limits)
+        if source is None:
+            return self._generate_whole(image, stop, self.progress, channel_axis, channels, contrast_limits)[0]
+        height, width = source.shape
+        if self.output_mode == "binary_mask" and height * width > FULL_MASK_PIXELS:
+            raise ImageError(
+                f"The image is {width} x {height} pixels: a full-size binary mask per record would not fit in "
+                "memory. Use generate_labels (a label image written block by block), or output_mode "
+                "'uncompressed_rle' or 'coco_rle'."
+            )
+        from .tiled import as_masks
+
+        records = []
+        for pieces in self._tiled_run(source, stop, self.progress):
+            found = as_masks(pieces, source.shape)
+            records += [self._record(found, i, source.shape) for i in range(len(found))]
+        return records
+
+    @torch.inference_mode()
+    def generate_labels(
+        self,
+        image: Any,
+        out: Any = None,
+        *,
+        progress: Progress | None = None,
+        cancel: Any = None,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        contrast_limits: tuple[float, float] | None = None,
+    ) -> Any:
+        """A label image (H, W) of every mask found in ``image``: mask k gets label k, smaller masks
+        on top of larger ones they overlap (as ``masks_to_labels`` of :meth:`generate`'s records).
+
+        ``out``: None for a new numpy int32 array (images of up to ``FULL_MASK_PIXELS``); a path
+        ending ``.zarr`` for a new zarr int32 array there (written under a temporary name and
+        renamed when complete; an existing path is refused); or an array of the image's shape with
+        an integer dtype of 32 bits or more (zarr, ``np.memmap``), which is overwritten. Returns
+        the label image. Tiled, it is written block by block as the tiles are done, so neither the
+        label image nor all masks are ever in memory; a new zarr array's attributes hold
+        ``{"samkit": {"objects": n}}``. ``progress(done, total)`` (default: the generator's)
+        counts points; ``cancel`` and the image arguments are as for :meth:`generate`.
+        """
+        from .label_writer import LabelTarget, LabelWriter
+
+        stop = as_cancel(cancel)
+        if progress is not None and not callable(progress):
+            raise ParameterError(f"progress must be a callable progress(done, total) or None; got {progress!r}.")
+        progress = progress or self.progress
+        source = self._tiled_source(image, channel_axis, channels, contrast_limits)
+        if source is None:
+            records, image_size = self._generate_whole(image, stop, progress, channel_axis, channels, contrast_limits)
+            labels, _ = masks_to_labels(records, shape=image_size)
+            target = LabelTarget(out, image_size)
+            with target as array:
+                array[:, :] = labels
+                target.note_objects(len(records))
+            return target.result
+        target = LabelTarget(out, source.shape)
+        with target as array:
+            writer = LabelWriter(array)
+            for pieces in self._tiled_run(source, stop, progress):
+                writer.paint(pieces)
+            target.note_objects(writer.count)
+        return target.result
+
+    def _tiled_source(
+        self,
+        image: Any,
+        channel_axis: int | None,
+        channels: Sequence[int] | None,
+        contrast_limits: tuple[float, float] | None,
+    ) -> ImageSource | None:
+        """The image as a tile source when this generator tiles it, else None."""
+        if self.tile_shape is None:
+            return None
+        source = as_source(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
+        if self.tile_shape == "auto" and auto_tiling(source.shape, self.predictor.model.img_size) is None:
+            return None
+        if self.crop_n_layers > 0:
+            raise ParameterError(_CROPS_AND_TILES)
+        return source
+
+    def _tiled_run(self, source: ImageSource, stop: Cancel, progress: Progress | None) -> Iterator[list[Any]]:
+        """The final masks of a tiled run on ``source``, a row of tiles at a time."""
+        from .tiled import TiledRun
+
+        self.predictor.set_image(source)
+        try:
+            ticker = _Ticker(progress, len(self.predictor.tile_grid) * TiledRun.points_per_tile(self))
+            yield from TiledRun(self, self.predictor, stop, ticker)
+        finally:
+            self.predictor.reset_image()
+
+    def _generate_whole(
+        self,
+        image: np.ndarray,
+        stop: Cancel,
+        progress: Progress | None,
+        channel_axis: int | None,
+        channels: Sequence[int] | None,
+        contrast_limits: tuple[float, float] | None,
+    ) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+        """Grid mode on the whole image (and its crops), as ``segment_anything`` does: the records,
+        and the image's (rows, cols)."""
         rgb = to_rgb_uint8(image, channel_axis=channel_axis, channels=channels, contrast_limits=contrast_limits)
         image_size = rgb.shape[:2]
         boxes, layers = crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
-        ticker = _Ticker(self.progress, sum(len(self.point_grids[layer]) for layer in layers))
+        ticker = _Ticker(progress, sum(len(self.point_grids[layer]) for layer in layers))
         found = _Masks.concat(
             [self._process_crop(rgb, box, layer, stop, ticker) for box, layer in zip(boxes, layers)]
         )
@@ -442,7 +581,7 @@ class AutomaticMaskGenerator:
             found = found.take(box_nms(found.boxes.float(), 1 / ((x1 - x0) * (y1 - y0)), self.crop_nms_thresh))
         if self.min_mask_region_area > 0:
             found = self._clean_small_regions(found, image_size)
-        return [self._record(found, i, image_size) for i in range(len(found))]
+        return [self._record(found, i, image_size) for i in range(len(found))], image_size
 
     def _process_crop(
         self, rgb: np.ndarray, crop_box: list[int], layer: int, stop: Cancel, ticker: _Ticker
