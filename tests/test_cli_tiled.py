@@ -12,8 +12,8 @@ import zarr
 import samkit
 from samkit import synthetic
 from samkit.automatic import AutomaticMaskGenerator
-from samkit.batch import open_lazily
 from samkit.cli import main
+from samkit.tiles import open_image
 
 FILTERS = ["--points-per-side", "4", "--pred-iou-thresh", "0.5", "--stability-score-thresh", "0.7",
            "--precision", "fp32", "--model", "samkit_tiny", "--device", "cpu"]
@@ -70,8 +70,8 @@ def test_auto_folder_output_with_tiles_writes_full_image_records(big_tif, tmp_pa
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--tile-shape", "256"], "ROWS COLS"),
-        (["--tile-shape", "big", "tiles"], "ROWS COLS"),
+        (["--tile-shape", "256", "256", "256"], "ROWS [COLS]"),
+        (["--tile-shape", "auto", "--halo", "16"], "picks its own halo"),
         (["--halo", "16", "16"], "--halo needs --tile-shape"),
         (["--tile-shape", "256", "256", "--halo", "200", "16"], "less than half"),
         (["--tile-shape", "32", "256"], "too small"),
@@ -89,13 +89,15 @@ def test_auto_zarr_output_takes_no_folder_options(big_tif, tmp_path, capsys):
 
 
 def test_images_open_lazily_from_tiff_and_zarr(big_tif, tmp_path):
-    from_tiff = open_lazily(big_tif)
+    from_tiff = open_image(big_tif)
     assert isinstance(from_tiff, zarr.Array) and from_tiff.shape == (700, 500)
     np.testing.assert_array_equal(from_tiff[100:200, 300:400], tifffile.imread(big_tif)[100:200, 300:400])
     group = zarr.open_group(str(tmp_path / "image.zarr"), mode="w")
     group.create_array("0", data=np.arange(12, dtype=np.uint8).reshape(3, 4))
     group.create_array("1", data=np.zeros((1, 2), np.uint8))
-    np.testing.assert_array_equal(open_lazily(tmp_path / "image.zarr")[:], np.arange(12).reshape(3, 4))
+    with pytest.raises(samkit.errors.SamkitError, match="multiscales"):
+        open_image(tmp_path / "image.zarr")
+    np.testing.assert_array_equal(open_image(tmp_path / "image.zarr" / "0")[:], np.arange(12).reshape(3, 4))
     (tmp_path / "broken.tif").write_text("not a tiff")
     with pytest.raises(samkit.errors.ImageError, match="broken.tif"):
-        open_lazily(tmp_path / "broken.tif")
+        open_image(tmp_path / "broken.tif")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .automatic import AutomaticMaskGenerator, masks_to_labels
-from .errors import Cancelled, ImageError, SamkitError
+from .errors import Cancelled, SamkitError
 from .io import atomic_output, read_image, write_mask
 from .rle import decode, write_coco, write_sa1b
 
@@ -40,35 +40,6 @@ def image_files(source: str | os.PathLike) -> list[Path]:
     if not source.is_file():
         raise SamkitError(f"No image or folder at {source}: check the path.")
     return [source]
-
-
-def open_lazily(path: str | os.PathLike) -> Any:
-    """An image as an array that is read region by region where its format allows: a TIFF (through
-    tifffile's zarr view) or a zarr array (the first array of a zarr group, e.g. an OME-Zarr's full
-    resolution); any other image is read whole."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".tif", ".tiff", ".zarr"):
-        return read_image(path)
-    if not path.exists():
-        raise ImageError(f"No image at {path}: check the path.")
-    import zarr
-
-    try:
-        if suffix == ".zarr":
-            node = zarr.open(str(path), mode="r")
-        else:
-            import tifffile
-
-            node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ImageError(f"Could not read {path} as an image ({type(exc).__name__}: {exc}).") from exc
-    if isinstance(node, zarr.Group):
-        arrays = sorted(node.array_keys())
-        if not arrays:
-            raise ImageError(f"{path} is a zarr group without arrays: give the path of its image array.")
-        node = node[arrays[0]]
-    return node
 
 
 def outputs(image: Path, out_dir: Path) -> dict[str, Path]:

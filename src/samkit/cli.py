@@ -213,36 +213,19 @@ def _default_text(name: str, default: float) -> str:
     return f"default {default:g}"
 
 
-def _tiling(args: argparse.Namespace) -> tuple[tuple[int, int] | str | None, tuple[int, int] | None]:
-    """``--tile-shape`` and ``--halo`` as the generator takes them."""
-    shape = args.tile_shape
-    if shape is not None:
-        if shape == ["auto"]:
-            shape = "auto"
-        else:
-            try:
-                shape = tuple(int(n) for n in shape)
-            except ValueError:
-                shape = ()
-            if len(shape) != 2:
-                raise SamkitError(f"--tile-shape takes ROWS COLS (two integers) or auto; got {' '.join(args.tile_shape)}.")
-    halo = tuple(args.halo) if args.halo is not None else None
-    if args.output.lower().endswith(".zarr"):
-        shape = shape or "auto"
-    if halo is not None and shape in (None, "auto"):
-        raise SamkitError("--halo needs --tile-shape ROWS COLS: give the tile's size too.")
-    return shape, halo
-
-
 def _auto(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .automatic import AutomaticMaskGenerator
-    from .batch import image_files, open_lazily, segment_files
+    from .batch import image_files, segment_files
+    from .cache import EmbeddingCache
     from .checkpoint import check_model_name, load_model
+    from .tiles import open_image
 
-    tile_shape, halo = _tiling(args)
+    tiling = _tiling(args)
     labels_out = args.output.lower().endswith(".zarr")
+    if labels_out:
+        tiling = tiling or {"tile_shape": "auto"}
     if labels_out and (args.png or args.format != "sa1b"):
         raise SamkitError("An output ending .zarr is one label image: --png and --format are for a folder output.")
     files = [Path(args.source)] if labels_out else image_files(args.source)
@@ -260,12 +243,13 @@ def _auto(args: argparse.Namespace) -> int:
         output_mode="coco_rle",
         precision=args.precision,
         progress=progress,
-        tile_shape=tile_shape,
-        halo=halo,
-        cache=labels_out and not args.no_cache,
+        **tiling,
+        cache=labels_out and not args.no_cache and (
+            EmbeddingCache(max_bytes=int(args.cache_size * 2**30)) if args.cache_size else True
+        ),
     )
     if labels_out:
-        labels = generator.generate_labels(open_lazily(args.source), args.output)
+        labels = generator.generate_labels(open_image(args.source), args.output)
         if bars:
             bars.pop().close()
         objects = labels.attrs.get("samkit", {}).get("objects")
@@ -487,22 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_arguments(trainer)
     trainer.set_defaults(run=train.run_from_args)
 
-    auto = commands.add_parser("auto", parents=[model_options],
+    auto = commands.add_parser("auto", parents=[model_options, tile_options],
                                help="segment everything in an image or a folder of images (grid of prompts)")
     auto.add_argument("source", help="an image file or a folder of images (a .zarr array for a .zarr output)")
     auto.add_argument("-o", "--output", required=True,
                       help="output folder; or a path ending .zarr: the label image of one (large) image, written "
-                           "block by block, its tiles read lazily from a TIFF or zarr source")
+                           "block by block, its tiles read lazily from a TIFF or zarr source (tiled: --tile-shape, "
+                           "default auto; tiles kept in the embedding cache unless --no-cache, so a run resumes)")
     auto.add_argument("--format", choices=("sa1b", "coco"), default="sa1b", help="JSON format (default sa1b)")
     auto.add_argument("--png", action="store_true", help="also write one PNG per mask and metadata.csv")
-    auto.add_argument("--tile-shape", nargs="+", metavar="ROWS COLS",
-                      help="segment tile by tile at the image's own resolution: tiles of ROWS COLS pixels, or auto "
-                           "(tiles the model's input size, only for images larger than it); default: whole images, "
-                           "auto for a .zarr output (whose tiles are kept in the embedding cache unless --no-cache, "
-                           "so an interrupted run resumes)")
-    auto.add_argument("--halo", nargs=2, type=int, metavar=("ROWS", "COLS"),
-                      help="with --tile-shape ROWS COLS: pixels each tile sees beyond its own (default an eighth of the "
-                           "tile; less than half of it)")
     for name, (kind, default, text) in GENERATOR_OPTIONS.items():
         auto.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({_default_text(name, default)})")
     auto.set_defaults(run=_auto)
