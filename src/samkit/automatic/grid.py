@@ -3,7 +3,8 @@
 A grid of single-point prompts is run through the model, once on the whole image and, with
 ``crop_n_layers > 0``, again on overlapping crops. Masks are kept when the model's predicted IoU
 and the stability score are high enough, then duplicates are removed by box non-maximum
-suppression. Parameters, defaults, output records and their order are the official ones.
+suppression. Parameters, defaults, output records and their order are the official ones. With
+``tile_shape``, the generator hands the image to ``samkit.automatic.tiled``, tile by tile.
 """
 
 from __future__ import annotations

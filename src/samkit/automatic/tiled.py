@@ -248,8 +248,11 @@ class TiledRun:
 
     def _check(self, *_: object) -> None:
         if self.stop():
-            kept = "in the embedding cache" if self.predictor.cache is not None else "until this run ends"
-            raise Cancelled(f"Mask generation was cancelled; no masks were returned. The tiles embedded are kept {kept}.")
+            if self.predictor.cache is not None:
+                hint = "The tiles embedded so far are in the embedding cache: run it again to resume."
+            else:
+                hint = "To keep the tiles embedded for a second run, give the generator an embedding cache (cache=True)."
+            raise Cancelled(f"Mask generation was cancelled; no masks were returned. {hint}")
 
     def _reach(self, tile_row: int) -> float:
         """The top row any mask found from tile row ``tile_row`` on can reach (in a tile or a window)."""
