@@ -1,8 +1,8 @@
 """Tiled grid mode on large images: time and peak memory from 4k to 16k (or 32k) pixels a side.
 
-    python benchmarks/bench_tiled_grid.py                        # 4096, 8192, 16384 and 20000 (uint16)
-    python benchmarks/bench_tiled_grid.py --sides 4096 --big 0   # one quick case
-    python benchmarks/bench_tiled_grid.py --sides 4096 8192 16384 32768
+    python benchmarks/tiled_grid.py                        # 4096, 8192, 16384 and 20000 (uint16)
+    python benchmarks/tiled_grid.py --sides 4096 --big 0   # one quick case
+    python benchmarks/tiled_grid.py --sides 4096 8192 16384 32768
 
 Each image is a uint16 zarr array written block by block (1024 x 1024 chunks of generated
 fluorescent nuclei, scaled up 4x so objects span a few dozen pixels), opened lazily, and segmented
