@@ -106,11 +106,11 @@ def test_a_click_on_a_large_dask_plane_embeds_one_tile_and_commits_only_its_regi
     found = widget.segmenter.candidates
     rows, cols = found.region
     # Region crops at full resolution, never the whole plane.
-    assert found.masks.shape[0] == 3 and found.masks.shape[1:] == (rows.stop - rows.start, cols.stop - cols.start)
-    assert found.masks[0].size <= 512 * 512
+    assert found.region_masks.shape[0] == 3 and found.region_masks.shape[1:] == (rows.stop - rows.start, cols.stop - cols.start)
+    assert found.region_masks[0].size <= 512 * 512
     assert rows.start <= CENTRE[0] - RADIUS and CENTRE[0] + RADIUS <= rows.stop
     assert cols.start <= CENTRE[1] - RADIUS and CENTRE[1] + RADIUS <= cols.stop
-    chosen = found.masks[found.chosen]
+    chosen = found.region_masks[found.chosen]
     assert chosen[CENTRE[0] - rows.start, CENTRE[1] - cols.start]
 
     # The chosen mask shows over the disc in a small layer placed on the image.
@@ -177,8 +177,8 @@ def test_a_drawn_ellipse_on_a_large_plane_is_a_mask_prompt_of_its_box_only(make_
     # The embedding that answered holds the whole shape; the candidates cover a region of it only.
     frame, (rows, cols) = found.frame, found.region
     assert frame.row0 <= r - size and r + size <= frame.row1 and frame.col0 <= c - size and c + size <= frame.col1
-    assert found.masks.shape[1:] == (rows.stop - rows.start, cols.stop - cols.start)
-    assert viewer.layers[_layers.CURRENT].data.size <= max(1, found.masks[0].size)
+    assert found.region_masks.shape[1:] == (rows.stop - rows.start, cols.stop - cols.start)
+    assert viewer.layers[_layers.CURRENT].data.size <= max(1, found.region_masks[0].size)
 
 
 def test_a_multiscale_layer_maps_clicks_to_level_0_and_commits_and_exports_there(
@@ -203,7 +203,7 @@ def test_a_multiscale_layer_maps_clicks_to_level_0_and_commits_and_exports_there
     assert len(calls) == 1
     found = widget.segmenter.candidates
     rows, cols = found.region
-    assert found.masks[found.chosen][centre[0] - rows.start, centre[1] - cols.start]
+    assert found.region_masks[found.chosen][centre[0] - rows.start, centre[1] - cols.start]
     np.testing.assert_allclose(found.prompt.points, [[centre[1] + 0.5, centre[0] + 0.5]])
 
     _press(viewer, "C")
@@ -212,7 +212,9 @@ def test_a_multiscale_layer_maps_clicks_to_level_0_and_commits_and_exports_there
     np.testing.assert_allclose(objects.scale, image.scale)
     np.testing.assert_allclose(objects.translate, image.translate)
     committed = objects.data == 1
-    assert committed[centre] and committed.sum() == found.masks[found.chosen].sum()
+    assert committed[centre] and committed.sum() == found.region_masks[found.chosen].sum()
+    # Scripts may still ask for the masks over the whole plane.
+    np.testing.assert_array_equal(found.masks[found.chosen], committed)
 
     path = tmp_path / "objects.json"
     widget.export(str(path), "sa1b")
@@ -242,7 +244,7 @@ def test_a_zarr_stack_tiles_the_slice_in_view_and_commits_on_that_slice(make_nap
     _click(widget, qtbot, (1, *centre))
     found = widget.segmenter.candidates
     rows, cols = found.region
-    assert found.masks[found.chosen][centre[0] - rows.start, centre[1] - cols.start]
+    assert found.region_masks[found.chosen][centre[0] - rows.start, centre[1] - cols.start]
     current = viewer.layers[_layers.CURRENT]
     assert current.data.shape[0] == 1 and current.translate[0] == 1
 

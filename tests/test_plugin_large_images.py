@@ -9,11 +9,11 @@ import zarr
 from napari.layers import Image, Labels, Shapes
 
 import samkit
-from samkit.errors import Cancelled, ParameterError
+from samkit.errors import Cancelled, ParameterError, PromptError
 from samkit.plugin import _layers
 from samkit.plugin._plane import Plane
-from samkit.plugin._prompts import prompt_from_layers
-from samkit.plugin._segmenter import clean_mask, clean_region
+from samkit.plugin._prompts import Prompt, prompt_from_layers
+from samkit.plugin._segmenter import Candidates, clean_mask, clean_region
 from samkit.plugin._tiling import tile_shape_for
 from samkit.predictor import Predictor
 from samkit.tiles import Box
@@ -154,3 +154,21 @@ def test_predict_region_reports_the_tile_embedding_and_a_cancel_embeds_nothing()
     seen.clear()
     predictor.predict_region(point, label, progress=lambda done, total: seen.append((done, total)))
     assert seen == []
+
+
+def _candidates(plane: Plane, region) -> Candidates:
+    crops = np.zeros((3, 20, 30), bool)
+    crops[1, 4, 5] = True
+    empty = Prompt(np.zeros((0, 2)), np.zeros(0))
+    return Candidates(crops, np.ones(3), np.ones(3), np.zeros((3, 8, 8)), empty, plane, (), region=region)
+
+
+def test_region_candidates_give_full_masks_only_of_planes_that_fit_in_memory():
+    region = (slice(100, 120), slice(200, 230))
+    found = _candidates(_plane(Image(da.zeros((600, 700), dtype=np.uint8))), region)
+    assert found.offset == (100, 200)
+    full = found.masks
+    assert full.shape == (3, 600, 700) and np.argwhere(full).tolist() == [[1, 104, 205]]
+    huge = _candidates(_plane(Image(da.zeros((10_000, 10_000), dtype=np.uint8))), region)
+    with pytest.raises(PromptError, match="region_masks"):
+        _ = huge.masks

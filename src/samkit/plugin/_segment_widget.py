@@ -669,11 +669,11 @@ class SegmentWidget(JobWidget):
 
     def _update_rows(self, candidates: Candidates | None) -> None:
         for i, row in enumerate(self.rows):
-            if candidates is None or i >= len(candidates.masks):
+            if candidates is None or i >= len(candidates.region_masks):
                 row.setText(f"{i + 1}: -")
                 row.setEnabled(False)
                 continue
-            area = np.count_nonzero(candidates.masks[i])
+            area = np.count_nonzero(candidates.region_masks[i])
             shown = i in candidates.shown
             row.setText(
                 f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"

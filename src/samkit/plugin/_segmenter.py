@@ -32,7 +32,7 @@ from ..cache import EmbeddingCache
 from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
-from ..predictor import Predictor
+from ..predictor import FULL_MASK_PIXELS, Predictor
 from ..preprocess import percentile_limits
 from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
@@ -80,12 +80,13 @@ class Candidates:
     ``edges`` (H, W) has bit ``i`` set on candidate ``i``'s outline; ``outlines`` (H, W) holds the
     outline of each shown candidate ``i`` as ``i + 1`` (smaller masks drawn last).
 
-    On a tiled plane the masks, ``edges`` and ``outlines`` cover only ``region`` (rows, cols slices
-    of the plane; every pixel outside is background), never the whole plane, and ``frame`` is the
-    region of the plane whose embedding answered. ``region`` is None when they cover the plane.
+    On a tiled plane ``region_masks``, ``edges`` and ``outlines`` cover only ``region`` (rows, cols
+    slices of the plane; every pixel outside is background), never the whole plane, and ``frame``
+    is the region of the plane whose embedding answered. ``region`` is None when they cover the
+    plane.
     """
 
-    masks: np.ndarray
+    region_masks: np.ndarray
     iou: np.ndarray
     stability: np.ndarray
     low_res: np.ndarray
@@ -101,8 +102,24 @@ class Candidates:
 
     @property
     def offset(self) -> tuple[int, int]:
-        """(row, col) of the masks' first pixel in the plane."""
+        """(row, col) of the first pixel of ``region_masks`` in the plane."""
         return (0, 0) if self.region is None else (self.region[0].start, self.region[1].start)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """The masks over the whole plane (C, H, W); of a tiled plane pasted on demand, up to
+        ``FULL_MASK_PIXELS`` (beyond, use ``region_masks`` and ``region``)."""
+        if self.region is None:
+            return self.region_masks
+        h, w = self.plane.shape
+        if h * w > FULL_MASK_PIXELS:
+            raise PromptError(
+                f"The plane is {w:,} x {h:,} pixels: full-size masks would not fit in memory. Use region_masks, "
+                "which cover the plane's pixels region (rows, cols)."
+            )
+        full = np.zeros((len(self.region_masks), h, w), dtype=bool)
+        full[(slice(None), *self.region)] = self.region_masks
+        return full
 
 
 @dataclass(frozen=True)
@@ -598,7 +615,7 @@ class Segmenter:
         shown = self.shown_candidates(found.iou, found.chosen)
         if shown != found.shown and found.edges is not None:
             found.shown = shown
-            found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], shown)
+            found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.region_masks], shown)
         self.show(found)
 
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
@@ -625,7 +642,7 @@ class Segmenter:
             self._shown = None
             return
         outline_layer, current = drawn
-        chosen = candidates.masks[candidates.chosen].view(np.uint8)
+        chosen = candidates.region_masks[candidates.chosen].view(np.uint8)
         if candidates.region is not None:
             for layer, values in ((outline_layer, candidates.outlines), (current, chosen)):
                 _layers.show_region(layer, plane, *candidates.region, values, thumbnails)
@@ -677,9 +694,10 @@ class Segmenter:
         """Choose candidate ``index`` (0, 1 or 2; keys 1/2/3)."""
         if self.candidates is None:
             raise PromptError("There are no candidates yet: add a point or a box first.")
-        if not 0 <= index < len(self.candidates.masks):
+        count = len(self.candidates.region_masks)
+        if not 0 <= index < count:
             raise PromptError(
-                f"There are {len(self.candidates.masks)} candidate(s); choose 1 to {len(self.candidates.masks)}."
+                f"There are {count} candidate(s); choose 1 to {count}."
             )
         if self.best_only and index != int(np.argmax(self.candidates.iou)):
             raise PromptError(
@@ -708,10 +726,10 @@ class Segmenter:
         self._require_unchanged(found.plane, "choosing a candidate")
         objects = _layers.objects_layer(self.viewer, found.plane.layer)
         if found.region is None:
-            mask = clean_mask(found.masks[found.chosen], self.min_region_area)
+            mask = clean_mask(found.region_masks[found.chosen], self.min_region_area)
             taken = found.plane.read(objects.data)
         else:
-            mask = clean_region(found.masks[found.chosen], found.region, found.plane.shape, self.min_region_area)
+            mask = clean_region(found.region_masks[found.chosen], found.region, found.plane.shape, self.min_region_area)
             taken = found.plane.read(objects.data)[found.region]
         if not overwrite:
             mask = mask & (taken == 0)
