@@ -8,6 +8,7 @@ import threading
 import dask.array as da
 import numpy as np
 import zarr
+from napari.layers import Labels
 from test_plugin_widgets import WAIT_MS, _press
 
 from samkit import rle
@@ -335,3 +336,23 @@ def test_the_chosen_mask_of_a_large_plane_shows_over_its_object(make_napari_view
     # Gold over the disc (the chosen mask), grey image around it.
     assert centre[0] - centre[2] > 40 and centre[1] - centre[2] > 40
     assert np.ptp(outside) < 10
+
+
+def test_objects_of_a_plane_longer_than_napari_can_edit_are_refused_with_a_message(make_napari_viewer, qtbot, notes):
+    full = np.full((600, _layers.LABELS_MAX_SIDE + 16), 40, np.uint8)
+    yy, xx = np.mgrid[:600, :full.shape[1]]
+    centre = (300, 9000)
+    full[(yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < 50**2] = 220
+    viewer = make_napari_viewer()
+    viewer.add_image([full, full[::2, ::2], full[::4, ::4]], name="strip", multiscale=True, contrast_limits=(0, 255))
+    widget = _segment_widget(viewer, qtbot)
+    _embedded(widget, qtbot)
+    _click(widget, qtbot, centre)
+    assert viewer.layers[_layers.CURRENT].data.size <= 512 * 512
+
+    _press(viewer, "C")
+    assert f"longer than {_layers.LABELS_MAX_SIDE:,} pixels" in widget.status.text()
+    assert any("nothing was committed" in note for note in notes)
+    assert _layers.find(viewer, _layers.OBJECTS, Labels) is None
+    # The prompt and its candidates are kept.
+    assert widget.segmenter.candidates is not None and len(widget.segmenter.points_layer.data) == 1
