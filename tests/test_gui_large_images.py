@@ -356,3 +356,14 @@ def test_objects_of_a_plane_longer_than_napari_can_edit_are_refused_with_a_messa
     assert _layers.find(viewer, _layers.OBJECTS, Labels) is None
     # The prompt and its candidates are kept.
     assert widget.segmenter.candidates is not None and len(widget.segmenter.points_layer.data) == 1
+
+
+def test_a_dim_pyramid_is_measured_on_a_coarse_level_and_gets_the_contrast_hint(make_napari_viewer, qtbot, notes):
+    rng = np.random.default_rng(0)
+    full = rng.integers(100, 300, (2048, 2048)).astype(np.uint16)
+    viewer = make_napari_viewer()
+    viewer.add_image([full, full[::2, ::2], full[::4, ::4]], name="dim", multiscale=True, contrast_limits=(0, 60000))
+    widget = _segment_widget(viewer, qtbot)
+    _embedded(widget, qtbot)
+    assert widget.segmenter.tiled
+    assert any("'dim' looks dim to SAM" in note for note in notes)

@@ -355,10 +355,16 @@ class Segmenter:
 
     def contrast_hint(self, request: EmbedRequest) -> str | None:
         """Advice to auto-contrast when a one-channel image's pixels fill little of its contrast limits."""
-        limits = request.contrast_limits
+        limits, plane = request.contrast_limits, request.plane
         if limits is None or request.pixels.ndim != 2 or request.pixels.dtype == np.uint8:
             return None
-        pixels = request.pixels if request.tile_shape is None else request.plane.sample()
+        if request.tile_shape is None:
+            pixels = request.pixels
+        elif isinstance(request.pixels, np.ndarray) or getattr(plane.layer, "multiscale", False):
+            pixels = plane.sample()
+        else:
+            # A sample of a large lazy array without a pyramid reads all of it: not on the GUI thread.
+            return None
         share = contrast_share(pixels, limits)
         if share >= DIM_SHARE:
             return None
