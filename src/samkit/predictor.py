@@ -522,6 +522,7 @@ class Predictor:
         *,
         return_logits: bool = False,
         floor: float = -1.0,
+        progress: Callable[[int, int], None] | None = None,
     ) -> RegionMasks:
         """Masks of one prompt (in full-image pixels, as for :meth:`predict`) over the region they cover.
 
@@ -530,7 +531,9 @@ class Predictor:
         image, a window centred on the mask answers again, so an object up to a tile's size comes
         out whole. ``mask_input`` belongs to ``frame`` (default: the frame of the last prediction).
         With ``return_logits``, ``masks`` are the logits, computed where they can exceed
-        ``mask_threshold + floor`` (see :meth:`predict_window`).
+        ``mask_threshold + floor`` (see :meth:`predict_window`). ``progress(done, total)`` is
+        called after each stage of the image encoder when a frame is embedded; an exception it
+        raises (e.g. ``samkit.Cancelled``) stops the encoder, and no prediction is made.
         """
         self._require_image()
         h, w = self.original_size
@@ -544,7 +547,7 @@ class Predictor:
                 raise PromptError("mask_input on a tiled image needs the frame it belongs to: pass frame=... as well.")
             frame = self._last_frame
         frame = frame or self.frame_for(point_coords, point_labels, box)
-        found = self._region(self.tiles.frame(frame), frame, *prompt)
+        found = self._region(self.tiles.frame(frame, progress), frame, *prompt)
         if chosen:
             best = found.masks[int(np.argmax(found.iou_predictions))]
             best = best > self.model.mask_threshold if return_logits else best
@@ -558,7 +561,7 @@ class Predictor:
                 )
                 if window != frame:
                     frame = window
-                    found = self._region(self.tiles.frame(frame), frame, *prompt)
+                    found = self._region(self.tiles.frame(frame, progress), frame, *prompt)
         self._last_frame = frame
         return found
 

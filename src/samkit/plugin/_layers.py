@@ -13,9 +13,11 @@ from napari.layers import Labels, Points, Shapes
 from napari.settings import get_settings
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.colormaps.standardize_color import transform_color
+from napari.utils.transforms import CompositeAffine
 from qtpy.QtGui import QFont, QFontMetrics
 
-from ._plane import same_transform, spatial_shape
+from ..errors import ImageError
+from ._plane import Plane, same_transform, spatial_shape
 from ._screen_size import keep_screen_size
 
 POINTS = "samkit: points"
@@ -26,6 +28,12 @@ OBJECTS = "samkit: objects"
 AUTO = "samkit: auto"
 # The widest layer name (in pixels) napari's layer list shows whole at its default width.
 NAME_PX = 180
+# The longest side of a plane samkit gives an editable labels layer of (the largest 2D texture of
+# common GPUs): napari keeps the plane in view in memory, and beyond the GPU's texture size it
+# redraws the whole plane on every edit (about 10 s for 24,576 x 24,576 pixels).
+LABELS_MAX_SIDE = 16384
+# The metadata key that marks a labels layer showing a region of an image (candidates of a tiled plane).
+REGION = "samkit_region"
 
 POSITIVE_COLOR = np.array([0.1, 0.9, 0.2, 1.0])
 NEGATIVE_COLOR = np.array([1.0, 0.1, 0.6, 1.0])
@@ -49,9 +57,11 @@ def _matches(layer: Any, image: Any) -> bool:
 
 
 def _adopt_transform(layer: Any, image: Any) -> None:
-    """Give ``layer`` the image's transform; only what differs is set (each change refreshes the layer)."""
+    """Give ``layer`` the transform of ``image`` (a layer, or ``same_transform``'s keywords); only what
+    differs is set (each change refreshes the layer)."""
     current = same_transform(layer)
-    for key, value in same_transform(image).items():
+    wanted = image if isinstance(image, dict) else same_transform(image)
+    for key, value in wanted.items():
         if not np.allclose(current[key], value):
             setattr(layer, key, value)
 
@@ -159,7 +169,7 @@ def existing_labels(viewer: Any, image: Any, name: str) -> Labels | None:
     shape = spatial_shape(image)
     for candidate in (name, name_for(name, image)):
         layer = find(viewer, candidate, Labels)
-        if layer is not None and layer.data.shape == shape:
+        if layer is not None and layer.data.shape == shape and REGION not in layer.metadata:
             return layer
     return None
 
@@ -184,6 +194,10 @@ def labels_layer(
     if colormap is not None:
         kwargs["colormap"] = colormap()
     layer = Labels(np.zeros(spatial_shape(image), dtype=dtype), name=name, **same_transform(image), **kwargs)
+    return _add_keeping_selection(viewer, layer)
+
+
+def _add_keeping_selection(viewer: Any, layer: Labels) -> Labels:
     active = viewer.layers.selection.active
     viewer.add_layer(layer)
     if active is not None:
@@ -191,16 +205,83 @@ def labels_layer(
     return layer
 
 
-def candidates_layer(viewer: Any, image: Any) -> Labels:
-    """``samkit: candidates``: the outline of candidate ``i`` is label ``i + 1``."""
-    return labels_layer(
+def existing_region(viewer: Any, image: Any, name: str) -> Labels | None:
+    """The region layer ``name`` (or ``name (image name)``) with the image's number of axes, if there is one."""
+    ndim = len(spatial_shape(image))
+    for candidate in (name, name_for(name, image)):
+        layer = find(viewer, candidate, Labels)
+        if layer is not None and REGION in layer.metadata and layer.ndim == ndim:
+            return layer
+    return None
+
+
+def region_layer(
+    viewer: Any, image: Any, name: str, dtype: Any, colormap: Callable[[], Any], **kwargs: Any
+) -> Labels:
+    """A labels layer ``name`` that shows one region of the image (see :func:`show_region`), created or reused.
+
+    It is small, whatever the image's size: its data is the region only, placed over the image
+    by its translation, so a tiled plane of any size never has a full-size array behind it.
+    """
+    layer = existing_region(viewer, image, name)
+    if layer is not None:
+        keep_above(viewer, image)
+        return layer
+    if find(viewer, name, Labels) is not None:
+        name = name_for(name, image)
+    ndim = len(spatial_shape(image))
+    layer = Labels(
+        np.zeros((1,) * ndim, dtype=dtype),
+        name=name,
+        colormap=colormap(),
+        metadata={REGION: True},
+        **same_transform(image),
+        **kwargs,
+    )
+    return _add_keeping_selection(viewer, layer)
+
+
+def show_region(layer: Labels, plane: Plane, rows: slice, cols: slice, values: np.ndarray, thumbnail: bool) -> None:
+    """Show ``values`` (the plane's pixels ``rows``, ``cols``) in a region layer, over the plane's image.
+
+    The layer takes the image's scale, rotation, shear and affine, and a translation that puts
+    its first pixel on the region's first pixel; its other axes have one slice, the plane's.
+    """
+    image = plane.layer
+    offset = np.zeros(layer.ndim)
+    for axis, index in plane.index:
+        offset[axis] = index
+    offset[plane.axes[0]], offset[plane.axes[1]] = rows.start, cols.start
+    linear = CompositeAffine(scale=image.scale, rotate=image.rotate, shear=image.shear, ndim=image.ndim).linear_matrix
+    transform = same_transform(image)
+    transform["translate"] = np.asarray(image.translate, dtype=float) + linear @ offset
+    if values.size == 0:
+        # Nothing to show (all candidates empty): one background pixel keeps the layer valid.
+        values = np.zeros((1, 1), dtype=values.dtype)
+    data = values.T if plane.axes[0] > plane.axes[1] else values
+    shape = [1] * layer.ndim
+    shape[min(plane.axes)], shape[max(plane.axes)] = data.shape
+    data = np.array(data.reshape(shape), dtype=layer.data.dtype)
+    _adopt_transform(layer, transform)
+    if layer.data.shape == data.shape:
+        layer.data[...] = data
+        layer.refresh(thumbnail=thumbnail, extent=False, highlight=False)
+    else:
+        layer.data = data
+
+
+def candidates_layer(viewer: Any, image: Any, region: bool = False) -> Labels:
+    """``samkit: candidates``: the outline of candidate ``i`` is label ``i + 1`` (of one region: ``region``)."""
+    make = region_layer if region else labels_layer
+    return make(
         viewer, image, CANDIDATES, np.uint8, lambda: DirectLabelColormap(color_dict=CANDIDATE_COLORS), opacity=1.0
     )
 
 
-def current_layer(viewer: Any, image: Any) -> Labels:
-    """``samkit: current``: the chosen candidate, filled."""
-    return labels_layer(
+def current_layer(viewer: Any, image: Any, region: bool = False) -> Labels:
+    """``samkit: current``: the chosen candidate, filled (of one region: ``region``)."""
+    make = region_layer if region else labels_layer
+    return make(
         viewer,
         image,
         CURRENT,
@@ -221,6 +302,7 @@ def keep_above(viewer: Any, image: Any) -> None:
         return
     ours = [find(viewer, POINTS, Points), find(viewer, BOXES, Shapes)]
     ours += [existing_labels(viewer, image, name) for name in (CANDIDATES, CURRENT, OBJECTS, AUTO)]
+    ours += [existing_region(viewer, image, name) for name in (CANDIDATES, CURRENT)]
     at = layers.index(image)
     below = sorted(i for i in (layers.index(layer) for layer in ours if layer is not None) if i < at)
     if below:
@@ -228,5 +310,20 @@ def keep_above(viewer: Any, image: Any) -> None:
 
 
 def objects_layer(viewer: Any, image: Any) -> Labels:
-    """``samkit: objects``: committed objects, one id each."""
+    """``samkit: objects``: committed objects, one id each.
+
+    Refused (``ImageError``) for an image whose planes are longer than ``LABELS_MAX_SIDE`` on a
+    side, which napari cannot keep editable.
+    """
+    layer = existing_labels(viewer, image, OBJECTS)
+    if layer is None:
+        shape = spatial_shape(image)
+        long_axes = [n for n in shape[-2:] if n > LABELS_MAX_SIDE]
+        if long_axes:
+            raise ImageError(
+                f"{image.name!r} is {shape[-1]:,} x {shape[-2]:,} pixels: napari cannot keep an editable labels layer "
+                f"of planes longer than {LABELS_MAX_SIDE:,} pixels a side, so 'samkit: objects' cannot hold them and "
+                "nothing was committed. Open a crop of the image, or a level of its pyramid, of at most "
+                f"{LABELS_MAX_SIDE:,} pixels a side (the candidates work at any size)."
+            )
     return labels_layer(viewer, image, OBJECTS, np.int32, opacity=0.6)

@@ -15,11 +15,29 @@ import numpy as np
 from ..errors import ImageError
 
 
+def full_resolution(layer: Any) -> Any:
+    """The layer's data at full resolution: level 0 of a multiscale (pyramid) layer, else its data."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def spatial_shape(layer: Any) -> tuple[int, ...]:
     """The layer's data shape without the colour axis of an RGB(A) layer."""
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    shape = tuple(int(n) for n in data.shape)
+    shape = tuple(int(n) for n in full_resolution(layer).shape)
     return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def _lazy_slice(data: Any, slicer: tuple) -> Any:
+    """``data[slicer]`` without reading it: a view of a NumPy array, a dask array of anything else."""
+    if all(part == slice(None) for part in slicer):
+        return data
+    if isinstance(data, np.ndarray):
+        return data[slicer]
+    import dask.array as da
+
+    if not isinstance(data, da.Array):
+        chunks = getattr(data, "chunks", None)
+        data = da.from_array(data, chunks=chunks if isinstance(chunks, tuple) else "auto")
+    return data[slicer]
 
 
 @dataclass(frozen=True)
@@ -55,22 +73,66 @@ class Plane:
         fixed = dict(self.index)
         return tuple(fixed.get(axis, slice(None)) for axis in range(self.ndim))
 
+    @property
+    def pixels(self) -> int:
+        """How many pixels the plane has."""
+        h, w = self.shape
+        return h * w
+
     def image(self) -> np.ndarray:
         """The plane's pixels, (H, W) or (H, W, C) for an RGB(A) layer."""
-        data = self.layer.data[0] if getattr(self.layer, "multiscale", False) else self.layer.data
-        plane = np.asarray(data[self._slicer()])
+        plane = np.asarray(full_resolution(self.layer)[self._slicer()])
         if self.axes[0] > self.axes[1]:
             plane = np.swapaxes(plane, 0, 1)
         return plane
+
+    def lazy(self) -> Any:
+        """The plane's pixels at full resolution, as :meth:`image` but read only where used.
+
+        A view of a NumPy (or memory-mapped) array, the layer's own array for a 2D layer (zarr,
+        dask, ...), else a dask array over it; level 0 of a multiscale layer.
+        """
+        plane = _lazy_slice(full_resolution(self.layer), self._slicer())
+        if self.axes[0] > self.axes[1]:
+            plane = plane.swapaxes(0, 1)
+        return plane
+
+    def sample(self, max_pixels: int = 250_000) -> np.ndarray:
+        """About ``max_pixels`` of the plane's pixels, evenly spread: every n-th pixel of each axis.
+
+        A multiscale layer gives them from the finest level whose plane holds no more than four
+        times ``max_pixels`` (else its coarsest), so a slide is never read whole.
+        """
+        data, slicer = full_resolution(self.layer), self._slicer()
+        if getattr(self.layer, "multiscale", False) and self.pixels > 4 * max_pixels:
+            for level in self.layer.data:
+                data, slicer = level, self._level_slicer(level.shape)
+                if level.shape[self.axes[0]] * level.shape[self.axes[1]] <= 4 * max_pixels:
+                    break
+        plane = _lazy_slice(data, slicer)
+        step = max(1, int(np.sqrt(plane.shape[0] * plane.shape[1] / max_pixels)))
+        sample = np.asarray(plane[::step, ::step])
+        return np.swapaxes(sample, 0, 1) if self.axes[0] > self.axes[1] else sample
+
+    def _level_slicer(self, shape: tuple[int, ...]) -> tuple:
+        """The slicer of this plane in a pyramid level of ``shape`` (the index of each other axis scaled)."""
+        full = self.layer.data[0].shape
+        fixed = dict(self.index)
+        return tuple(
+            min(int(fixed[axis] * shape[axis] / full[axis]), shape[axis] - 1) if axis in fixed else slice(None)
+            for axis in range(self.ndim)
+        )
 
     def read(self, data: np.ndarray) -> np.ndarray:
         """The plane of a labels array with the layer's spatial shape."""
         plane = data[self._slicer()]
         return plane.T if self.axes[0] > self.axes[1] else plane
 
-    def indices(self, mask: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Full-dimensional indices (for ``Labels.data_setitem``) of the True pixels of a plane mask."""
+    def indices(self, mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, ...]:
+        """Full-dimensional indices (for ``Labels.data_setitem``) of the True pixels of a plane mask
+        whose top-left pixel is at ``offset`` (row, col) of the plane."""
         rows, cols = np.nonzero(mask)
+        rows, cols = rows + offset[0], cols + offset[1]
         fixed = dict(self.index)
         out = []
         for axis in range(self.ndim):

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QRadioButton,
     QSpinBox,
     QVBoxLayout,
+    QWidget,
 )
 
 from .. import medical
@@ -36,6 +37,7 @@ from ._controls import button
 from ._jobs import Job
 from ._repaint_hold import hold_repaints
 from ._segmenter import Candidates, Segmenter
+from ._tiling import TILE_CHOICES, is_large
 
 # How long the image in view must stay the same (contrast, data, choice, plane) before it is embedded again.
 REEMBED_DELAY_MS = 400
@@ -67,6 +69,10 @@ class SegmentWidget(JobWidget):
         self.embed_job: Job | None = None
         self.stack_job: Job | None = None
         self.predict_job: Job | None = None
+        self.tiles_job: Job | None = None
+        self._tiles_done = (0, 0)
+        # Whether the running prediction is embedding the tile its prompt needs (it reported progress).
+        self._embedding_tile = False
         self._embed_again = False
         self._predict_again = False
         self._release_repaints: Callable[[], None] | None = None
@@ -96,11 +102,25 @@ class SegmentWidget(JobWidget):
         self.window.setPlaceholderText("custom CT window: level, width (Enter)")
         self.window.returnPressed.connect(self._custom_window)
         self.embed_button = button("Embed", "Shift-E", "Compute the embedding of the plane in view", self.embed)
+        self.tiles = QComboBox()
+        for text, value in TILE_CHOICES.items():
+            self.tiles.addItem(f"Tiles: {text}", value)
+        self.tiles.setCurrentIndex(list(TILE_CHOICES.values()).index(self.segmenter.tile_setting))
+        self.tiles.setToolTip(
+            "A plane larger than the model's input is embedded as tiles, each when a prompt first needs it: "
+            "auto tiles keep the image's own resolution; larger tiles see more at once, downscaled; "
+            "off embeds the whole plane, downscaled (small objects get lost)"
+        )
+        self.tiles.activated.connect(self._tiles_chosen)
+        self.embed_all_button = button(
+            "Embed all tiles", "Shift-A", "Embed every tile of the plane in view now (resumes after Cancel)", self.embed_all
+        )
         self.cancel_button = button("Cancel", "Escape", "Stop the running embedding or model download", self.cancel)
         self.progress.setTextVisible(True)
         self.status = QLabel(self._model_status())
         self.status.setWordWrap(True)
         self.picker.loaded.connect(lambda _name: self.status.setText(self._model_status()))
+        self.picker.loaded.connect(lambda _name: self._show_tiles_setting())
 
         self.rows: list[QRadioButton] = []
         self.choices = QButtonGroup(self)
@@ -181,6 +201,13 @@ class SegmentWidget(JobWidget):
         embed_row.addWidget(self.embed_button)
         embed_row.addWidget(self.cancel_button)
         layout.addLayout(embed_row)
+        # Shown only while the plane in view is larger than the model's input.
+        self.tiles_row = QWidget()
+        tiles_layout = QHBoxLayout(self.tiles_row)
+        tiles_layout.setContentsMargins(0, 0, 0, 0)
+        tiles_layout.addWidget(self.tiles)
+        tiles_layout.addWidget(self.embed_all_button)
+        layout.addWidget(self.tiles_row)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         hint = QLabel(
@@ -213,6 +240,7 @@ class SegmentWidget(JobWidget):
             "U": self.undo,
             "Shift-B": self.best_only.toggle,
             "Shift-E": self.embed,
+            "Shift-A": self.embed_all,
             "Shift-P": self.propagate,
             "Shift-S": self.export,
             "Shift-L": lambda: self.picker.load(),
@@ -287,7 +315,21 @@ class SegmentWidget(JobWidget):
         name = self.image.currentText()
         layer = next((lay for lay in self.viewer.layers if isinstance(lay, Image) and lay.name == name), None)
         self.segmenter.image_layer = layer
+        self._show_tiles_setting()
         if self.segmenter.embedded is not None and layer is not None and layer is not self.segmenter.embedded.plane.layer:
+            self._reembed_timer.start()
+
+    def _show_tiles_setting(self) -> None:
+        """Show the Tiles setting only while the plane in view is larger than the model's input."""
+        try:
+            large = is_large(self.segmenter.plane().shape, self.segmenter.model)
+        except SamkitError:
+            large = False
+        self.tiles_row.setVisible(large)
+
+    def _tiles_chosen(self, index: int) -> None:
+        self.segmenter.tile_setting = self.tiles.itemData(index)
+        if self.segmenter.embedded is not None:
             self._reembed_timer.start()
 
     def _image_changed(self, event: Any = None) -> None:
@@ -301,6 +343,7 @@ class SegmentWidget(JobWidget):
             self.embed()
 
     def _view_moved(self, event: Any = None) -> None:
+        self._show_tiles_setting()
         if self.segmenter.embedded is not None:
             self._reembed_timer.start()
 
@@ -360,7 +403,15 @@ class SegmentWidget(JobWidget):
                 self.status.setText(message)
             return
         plane = f" ({request.plane.label})" if request.plane.label else ""
-        self.status.setText(f"Embedded {request.plane.layer.name!r}{plane} with {self.segmenter.model_name}.")
+        grid = getattr(predictor, "tile_grid", None)
+        if grid is None:
+            self.status.setText(f"Embedded {request.plane.layer.name!r}{plane} with {self.segmenter.model_name}.")
+        else:
+            (rows, cols), (th, tw) = grid.grid_shape, grid.tile_shape
+            self.status.setText(
+                f"{request.plane.layer.name!r}{plane} is tiled: {rows} x {cols} tiles of {tw} x {th} px. A click embeds "
+                f"the tile under it with {self.segmenter.model_name}; Embed all tiles (Shift+A) embeds them all."
+            )
         points, _ = self.segmenter.prompt_layers()
         self.viewer.layers.selection.active = points
         points.mode = "add"
@@ -382,14 +433,83 @@ class SegmentWidget(JobWidget):
             self.progress.setValue(0)
 
     def cancel(self) -> None:
-        """Stop the running embedding, propagation or model download."""
+        """Stop the running embedding (of the plane, a tile or all tiles), propagation or model download."""
         self._embed_again = False
         if self._embed_request is not None:
             show_info("Embedding cancelled; nothing was changed.")
-        for job in (self.embed_job, self.stack_job):
+        for job in (self.embed_job, self.stack_job, self.tiles_job):
             if job is not None and job.running:
                 job.cancel()
+        if self._embedding_tile and self.predict_job is not None and self.predict_job.running:
+            self._predict_again = False
+            self.predict_job.cancel()
         self.picker.cancel()
+
+    # Tiles.
+
+    def embed_all(self) -> None:
+        """Embed every tile of the tiled plane in view in a worker; after a cancel, embedding resumes."""
+        segmenter = self.segmenter
+        if segmenter.model is None:
+            self.picker.load(then=self.embed_all)
+            return
+        if self.tiles_job is not None and self.tiles_job.running:
+            show_info("Embedding all tiles is already running: wait for it or cancel it (Escape).")
+            return
+        try:
+            request = segmenter.embed_request()
+        except SamkitError as error:
+            self.fail(str(error))
+            return
+        if request.tile_shape is None:
+            self.fail(
+                f"The plane in view of {request.plane.layer.name!r} is not tiled (it fits the model's input, or "
+                "Tiles is off): Embed (Shift+E) embeds it whole."
+            )
+            return
+        current = segmenter.predictor if segmenter.embedded is not None and segmenter.embedded.key == request.key else None
+        self.status.setText(f"Embedding all tiles of {request.plane.layer.name!r}... (Escape cancels)")
+        self._tiles_done = (0, 0)
+        # Progress counts the tiles embedded, and a cancel stops before the next one (core's own check).
+        job = Job(
+            "Embedding all tiles",
+            lambda report: segmenter.compute_all_tiles(request, current, job.progressed.emit, lambda: job.cancelled),
+            lambda result: self._all_tiles_embedded(request, *result),
+            self._all_tiles_progress,
+            quiet=True,
+        )
+        self.tiles_job = job
+        self.watch(job)
+        job.finished.connect(self._tiles_finished)
+        job.start()
+
+    def _all_tiles_embedded(self, request: Any, predictor: Any, computed: int) -> None:
+        if self.segmenter.predictor is not predictor and self.segmenter.install_embedding(request, predictor):
+            self.embedded.emit()
+        total = len(predictor.tile_grid)
+        self.status.setText(
+            f"All {total} tiles of {request.plane.layer.name!r} are embedded ({computed} now, "
+            f"{total - computed} were stored already)."
+        )
+
+    def _all_tiles_progress(self, done: int, total: int) -> None:
+        self._tiles_done = (done, total)
+        self._progress(done, total)
+
+    def _tiles_finished(self) -> None:
+        job = self.tiles_job
+        if job is not None and job.cancelled:
+            done, total = self._tiles_done
+            self.status.setText(
+                f"Embedding all tiles stopped after {done} of {total} tiles; those embedded are kept: Shift+A resumes."
+            )
+
+    def _tile_progress(self, done: int, total: int) -> None:
+        """Progress of a prediction that embeds the tile its prompt needs."""
+        if not self._embedding_tile:
+            self._embedding_tile = True
+            self.status.setText("Embedding the tile under the prompt... (Escape cancels)")
+        self._progress(done, total)
 
     # Stacks.
 
@@ -486,10 +606,15 @@ class SegmentWidget(JobWidget):
             self.candidates_shown.emit()
             return
         predictor, embedded = segmenter.predictor, segmenter.embedded
+        tiled = segmenter.tiled
+        self._embedding_tile = False
         self.predict_job = Job(
             "Prediction",
-            lambda report: segmenter.compute_candidates(prompt, predictor, embedded.plane, embedded.key),
+            lambda report: segmenter.compute_candidates(
+                prompt, predictor, embedded.plane, embedded.key, report if tiled else None
+            ),
             self._show,
+            self._tile_progress if tiled else None,
             interactive=True,
         )
         self.watch(self.predict_job)
@@ -511,6 +636,12 @@ class SegmentWidget(JobWidget):
     def _show(self, candidates: Candidates) -> None:
         if self.segmenter.embedded is None or candidates.key != self.segmenter.embedded.key:
             return
+        if self._embedding_tile:
+            frame = candidates.frame
+            self.status.setText(
+                f"Embedded the tile at rows {frame.row0:,}-{frame.row1:,}, columns {frame.col0:,}-{frame.col1:,} "
+                f"of {candidates.plane.layer.name!r}."
+            )
         self.segmenter.show(candidates, thumbnails=False)
         self._thumbnails.start()
         self._update_rows(candidates)
@@ -519,6 +650,11 @@ class SegmentWidget(JobWidget):
 
     def _predict_finished(self) -> None:
         self._repaint()
+        job = self.predict_job
+        if self._embedding_tile and job is not None and job.cancelled:
+            self.status.setText("Embedding the tile was cancelled; change the prompt (or Shift+E) to try again.")
+            self.progress.setValue(0)
+        self._embedding_tile = False
         if self._predict_again:
             # Edits made meanwhile: the window shows this prediction while the next one runs.
             self._predict_again = False
@@ -533,11 +669,11 @@ class SegmentWidget(JobWidget):
 
     def _update_rows(self, candidates: Candidates | None) -> None:
         for i, row in enumerate(self.rows):
-            if candidates is None or i >= len(candidates.masks):
+            if candidates is None or i >= len(candidates.region_masks):
                 row.setText(f"{i + 1}: -")
                 row.setEnabled(False)
                 continue
-            area = np.count_nonzero(candidates.masks[i])
+            area = np.count_nonzero(candidates.region_masks[i])
             shown = i in candidates.shown
             row.setText(
                 f"{i + 1}: IoU {candidates.iou[i]:.3f}   stability {candidates.stability[i]:.3f}   {area:,} px"

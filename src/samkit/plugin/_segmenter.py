@@ -32,14 +32,15 @@ from ..cache import EmbeddingCache
 from ..checkpoint import load_model
 from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
-from ..predictor import Predictor
+from ..predictor import FULL_MASK_PIXELS, Predictor
 from ..preprocess import percentile_limits
 from ..progress import Progress
 from ..propagate import PropagationResult, propagate_result
 from ..volume import VolumeEmbeddings
 from . import _layers
-from ._plane import Plane, plane_in_view, spatial_shape
+from ._plane import Plane, full_resolution, plane_in_view, spatial_shape
 from ._prompts import Prompt, prompt_from_layers
+from ._tiling import DEFAULT_TILES, is_large, tile_shape_for
 
 # The export formats and what the user knows them as; only COCO holds a stack.
 EXPORT_FORMATS = {"sa1b": "SA-1B RLE JSON", "coco": "COCO RLE JSON", "csv": "A CSV of RLE strings"}
@@ -52,16 +53,24 @@ DIM_SHARE = 0.25
 # Candidates predicted to overlap their object less than this are not shown (samkit_tiny's
 # whole-image lattice scores about 0.01); the best candidate always is.
 DEFAULT_MIN_IOU = 0.05
+# A plane of more pixels is sampled (``Plane.sample``), not read whole, to measure its contrast.
+SAMPLED_PIXELS = 1 << 24
 
 
 @dataclass(frozen=True)
 class EmbedRequest:
-    """The pixels of the plane in view and how to scale them, read on the GUI thread."""
+    """The pixels of the plane in view and how to scale them, read on the GUI thread.
+
+    An untiled plane's ``pixels`` are read (a NumPy array); a tiled plane's (``tile_shape`` is
+    the Predictor's: ``"auto"`` or (rows, cols)) are its lazy array (``Plane.lazy``), read tile
+    by tile when the tiles are embedded.
+    """
 
     plane: Plane
-    pixels: np.ndarray
+    pixels: Any
     contrast_limits: tuple[float, float] | None
     key: tuple
+    tile_shape: str | tuple[int, int] | None = None
 
 
 @dataclass
@@ -70,9 +79,14 @@ class Candidates:
 
     ``edges`` (H, W) has bit ``i`` set on candidate ``i``'s outline; ``outlines`` (H, W) holds the
     outline of each shown candidate ``i`` as ``i + 1`` (smaller masks drawn last).
+
+    On a tiled plane ``region_masks``, ``edges`` and ``outlines`` cover only ``region`` (rows, cols
+    slices of the plane; every pixel outside is background), never the whole plane, and ``frame``
+    is the region of the plane whose embedding answered. ``region`` is None when they cover the
+    plane.
     """
 
-    masks: np.ndarray
+    region_masks: np.ndarray
     iou: np.ndarray
     stability: np.ndarray
     low_res: np.ndarray
@@ -83,6 +97,29 @@ class Candidates:
     outlines: np.ndarray | None = None
     edges: np.ndarray | None = None
     shown: tuple[int, ...] = ()
+    region: tuple[slice, slice] | None = None
+    frame: Any = None
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(row, col) of the first pixel of ``region_masks`` in the plane."""
+        return (0, 0) if self.region is None else (self.region[0].start, self.region[1].start)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """The masks over the whole plane (C, H, W); of a tiled plane pasted on demand, up to
+        ``FULL_MASK_PIXELS`` (beyond, use ``region_masks`` and ``region``)."""
+        if self.region is None:
+            return self.region_masks
+        h, w = self.plane.shape
+        if h * w > FULL_MASK_PIXELS:
+            raise PromptError(
+                f"The plane is {w:,} x {h:,} pixels: full-size masks would not fit in memory. Use region_masks, "
+                "which cover the plane's pixels region (rows, cols)."
+            )
+        full = np.zeros((len(self.region_masks), h, w), dtype=bool)
+        full[(slice(None), *self.region)] = self.region_masks
+        return full
 
 
 @dataclass(frozen=True)
@@ -149,6 +186,21 @@ def clean_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
     return mask
 
 
+def clean_region(mask: np.ndarray, region: tuple[slice, slice], shape: tuple[int, int], min_area: int) -> np.ndarray:
+    """:func:`clean_mask` of a mask that covers ``region`` of a plane of ``shape`` (background outside).
+
+    The region is given a one-pixel margin of background on each side inside the plane, so that
+    background reaching the region's edge counts as the background around it, not as a hole.
+    """
+    if min_area <= 0:
+        return mask
+    rows, cols = region
+    margins = ((int(rows.start > 0), int(rows.stop < shape[0])), (int(cols.start > 0), int(cols.stop < shape[1])))
+    cleaned = clean_mask(np.pad(mask, margins), min_area)
+    (top, bottom), (left, right) = margins
+    return cleaned[top : cleaned.shape[0] - bottom, left : cleaned.shape[1] - right]
+
+
 def _sample(pixels: np.ndarray) -> np.ndarray:
     """About 250,000 pixels of a plane, evenly spread, as float."""
     step = max(1, int(np.sqrt(pixels.size / 250_000)))
@@ -209,6 +261,8 @@ class Segmenter:
         self.grid: GridResult | None = None
         self.best_only = False
         self.min_iou = DEFAULT_MIN_IOU
+        # How planes larger than the model's input are embedded: "auto", a tile side in pixels, or None (whole).
+        self.tile_setting: str | int | None = DEFAULT_TILES
         # Committed masks lose islands and holes smaller than this many pixels (0: kept as predicted).
         self.min_region_area = 0
         self._image = image
@@ -277,17 +331,22 @@ class Segmenter:
 
     # Embedding.
 
-    def _view(self) -> tuple[Plane, tuple[float, float] | None, tuple]:
+    def _view(self) -> tuple[Plane, tuple[float, float] | None, tuple, str | tuple[int, int] | None]:
         model = self._require_model()
         layer = self.image_layer
         plane = plane_in_view(self.viewer, layer)
         limits = _contrast_limits(layer)
-        return plane, limits, (id(layer), plane.data_id, plane.axes, plane.index, limits, id(model), self.precision)
+        tiling = tile_shape_for(plane.shape, model.img_size, self.tile_setting)
+        key = (id(layer), plane.data_id, plane.axes, plane.index, limits, id(model), self.precision, tiling)
+        return plane, limits, key, tiling
 
     def embed_request(self) -> EmbedRequest:
-        """What to embed for the plane in view (GUI thread); warns once when the image looks dim to SAM."""
-        plane, limits, key = self._view()
-        request = EmbedRequest(plane, plane.image(), limits, key)
+        """What to embed for the plane in view (GUI thread); warns once when the image looks dim to SAM.
+
+        A plane larger than the model's input is tiled (``tile_setting``): its pixels stay lazy.
+        """
+        plane, limits, key, tiling = self._view()
+        request = EmbedRequest(plane, plane.image() if tiling is None else plane.lazy(), limits, key, tiling)
         hint = self.contrast_hint(request)
         if hint is not None and (id(plane.layer), limits) not in self._dim_warned:
             self._dim_warned.add((id(plane.layer), limits))
@@ -296,8 +355,15 @@ class Segmenter:
 
     def contrast_hint(self, request: EmbedRequest) -> str | None:
         """Advice to auto-contrast when a one-channel image's pixels fill little of its contrast limits."""
-        pixels, limits = request.pixels, request.contrast_limits
-        if limits is None or pixels.ndim != 2 or pixels.dtype == np.uint8:
+        limits, plane = request.contrast_limits, request.plane
+        if limits is None or request.pixels.ndim != 2 or request.pixels.dtype == np.uint8:
+            return None
+        if request.tile_shape is None:
+            pixels = request.pixels
+        elif isinstance(request.pixels, np.ndarray) or getattr(plane.layer, "multiscale", False):
+            pixels = plane.sample()
+        else:
+            # A sample of a large lazy array without a pyramid reads all of it: not on the GUI thread.
             return None
         share = contrast_share(pixels, limits)
         if share >= DIM_SHARE:
@@ -319,13 +385,22 @@ class Segmenter:
         except SamkitError:
             return True
 
-    def live_predictor(self) -> Predictor:
-        """A new predictor of the model for live predictions (decoder as traced graphs)."""
-        return Predictor(self._require_model(), precision=self.precision, cache=self.cache, graph=True)
+    def live_predictor(self, tile_shape: str | tuple[int, int] | None = None) -> Predictor:
+        """A new predictor of the model for live predictions (decoder as traced graphs), tiled with ``tile_shape``."""
+        return Predictor(
+            self._require_model(), precision=self.precision, cache=self.cache, graph=True, tile_shape=tile_shape
+        )
 
     def compute_embedding(self, request: EmbedRequest, progress: Progress | None = None) -> Predictor:
-        """The embedding of ``request`` in a new predictor (any thread; touches no layer)."""
-        predictor = self.live_predictor()
+        """The embedding of ``request`` in a new predictor (any thread; touches no layer).
+
+        A tiled plane embeds nothing yet: each tile is embedded when a prompt first needs it.
+        """
+        predictor = self.live_predictor(request.tile_shape)
+        if request.tile_shape is not None:
+            channel_axis = -1 if request.plane.layer.rgb else None
+            predictor.set_image(request.pixels, contrast_limits=request.contrast_limits, channel_axis=channel_axis)
+            return predictor
         predictor.set_image(request.pixels, contrast_limits=request.contrast_limits, progress=progress)
         # A click's graph is traced here, with the embedding (once per model), not at the first click.
         predictor.prepare_graph(np.zeros((1, 2)), np.ones(1))
@@ -348,6 +423,33 @@ class Segmenter:
             return
         request = self.embed_request()
         self.install_embedding(request, self.compute_embedding(request, progress))
+
+    @property
+    def tiled(self) -> bool:
+        """Whether the embedded plane is tiled."""
+        return self.embedded is not None and self.embedded.tile_shape is not None
+
+    def compute_all_tiles(
+        self,
+        request: EmbedRequest,
+        predictor: Predictor | None = None,
+        progress: Progress | None = None,
+        cancel: Any = None,
+    ) -> tuple[Predictor, int]:
+        """Embed every tile of the tiled plane of ``request`` not stored yet (any thread; touches no layer).
+
+        ``predictor`` is the plane's, when it has one already. Returns the predictor and how many
+        tiles were embedded now; ``progress(done, total)`` counts tiles. A cancel (``cancel``, or
+        ``samkit.Cancelled`` from ``progress``) stops between tiles and keeps those embedded, so
+        the next call resumes.
+        """
+        if request.tile_shape is None:
+            raise ParameterError(
+                f"The plane in view of {request.plane.layer.name!r} is not tiled (it fits the model's input, or Tiles "
+                "is off): Embed (Shift+E) embeds it whole."
+            )
+        predictor = predictor or self.compute_embedding(request)
+        return predictor, predictor.compute_all(progress, cancel)
 
     # Prompts.
 
@@ -410,11 +512,14 @@ class Segmenter:
         layer.add(np.array([layer.world_to_data(self._world(v)) for v in vertices]), shape_type="polygon")
 
     def prompt(self) -> Prompt:
-        """The prompt on the plane in view, from ``samkit: points`` and ``samkit: boxes``."""
+        """The prompt on the plane in view, from ``samkit: points`` and ``samkit: boxes``.
+
+        On a tiled plane a drawn mask covers only the shape's bounding box (``Prompt.mask_origin``).
+        """
         plane = self.plane()
         points = _layers.find(self.viewer, _layers.POINTS, Points)
         shapes = _layers.find(self.viewer, _layers.BOXES, Shapes)
-        return prompt_from_layers(points, shapes, plane)
+        return prompt_from_layers(points, shapes, plane, crop=is_large(plane.shape, self.model))
 
     def clear(self) -> None:
         """Drop all prompts and the candidates (key X)."""
@@ -427,9 +532,17 @@ class Segmenter:
 
     # Candidates.
 
-    def compute_candidates(self, prompt: Prompt, predictor: Predictor, plane: Plane, key: tuple) -> Candidates:
-        """SAM's masks for ``prompt`` (any thread; touches no layer)."""
-        mask_input = None if prompt.mask is None else predictor.mask_to_input(prompt.mask)
+    def compute_candidates(
+        self, prompt: Prompt, predictor: Predictor, plane: Plane, key: tuple, progress: Progress | None = None
+    ) -> Candidates:
+        """SAM's masks for ``prompt`` (any thread; touches no layer).
+
+        On a tiled plane the tile (or window) the prompt needs is embedded first if no store has it,
+        reporting to ``progress``, and the candidates cover the region of their masks only.
+        """
+        if getattr(predictor, "tiles", None) is not None:
+            return self._region_candidates(prompt, predictor, plane, key, progress)
+        mask_input = None if prompt.mask is None else predictor.mask_to_input(prompt.full_mask(plane.shape))
         threshold = predictor.model.mask_threshold
         (rows, cols), logits, iou, low_res = predictor.predict_window(
             prompt.points if len(prompt.points) else None,
@@ -451,6 +564,33 @@ class Segmenter:
         drawn[rows, cols] = outline_labels(edges[rows, cols], areas, shown)
         best = int(np.argmax(iou))
         return Candidates(masks, iou, stability, low_res, prompt, plane, key, best, drawn, edges, shown)
+
+    def _region_candidates(
+        self, prompt: Prompt, predictor: Predictor, plane: Plane, key: tuple, progress: Progress | None
+    ) -> Candidates:
+        points = prompt.points if len(prompt.points) else None
+        labels = prompt.labels if len(prompt.points) else None
+        frame = mask_input = None
+        if prompt.mask is not None:
+            frame = predictor.frame_for(points, labels, prompt.box)
+            predictor.tile_predictor(frame, progress)
+            mask_input = predictor.mask_to_input(prompt.mask_in(frame), frame=frame)
+        found = predictor.predict_region(
+            points, labels, prompt.box, mask_input, multimask_output=prompt.ambiguous, frame=frame,
+            return_logits=True, floor=-STABILITY_OFFSET, progress=progress,
+        )
+        threshold = predictor.model.mask_threshold
+        stability = stability_score(torch.from_numpy(found.masks), threshold, STABILITY_OFFSET).numpy()
+        inside = found.masks > threshold
+        iou = found.iou_predictions
+        shown = self.shown_candidates(iou)
+        edges = outline_bits(inside)
+        drawn = outline_labels(edges, [int(np.count_nonzero(mask)) for mask in inside], shown)
+        best = int(np.argmax(iou))
+        return Candidates(
+            inside, iou, stability, found.low_res_logits, prompt, plane, key, best, drawn, edges, shown,
+            (found.rows, found.cols), found.frame,
+        )
 
     def shown_candidates(self, iou: Sequence[float], chosen: int | None = None) -> tuple[int, ...]:
         """The candidates to outline, of ones with predicted ``iou``: the best only (``best_only``),
@@ -481,7 +621,7 @@ class Segmenter:
         shown = self.shown_candidates(found.iou, found.chosen)
         if shown != found.shown and found.edges is not None:
             found.shown = shown
-            found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.masks], shown)
+            found.outlines = outline_labels(found.edges, [int(np.count_nonzero(m)) for m in found.region_masks], shown)
         self.show(found)
 
     def show(self, candidates: Candidates | None, thumbnails: bool = True) -> None:
@@ -496,7 +636,11 @@ class Segmenter:
         plane = candidates.plane if candidates is not None else None
         drawn: tuple[Labels, ...] = ()
         if plane is not None and plane.layer in self.viewer.layers:
-            drawn = (_layers.candidates_layer(self.viewer, plane.layer), _layers.current_layer(self.viewer, plane.layer))
+            region = candidates.region is not None
+            drawn = (
+                _layers.candidates_layer(self.viewer, plane.layer, region),
+                _layers.current_layer(self.viewer, plane.layer, region),
+            )
         previous = self._shown
         if previous is not None and (previous[0] != plane or previous[1] != drawn):
             self._clear_shown(thumbnails)
@@ -504,8 +648,14 @@ class Segmenter:
             self._shown = None
             return
         outline_layer, current = drawn
+        chosen = candidates.region_masks[candidates.chosen].view(np.uint8)
+        if candidates.region is not None:
+            for layer, values in ((outline_layer, candidates.outlines), (current, chosen)):
+                _layers.show_region(layer, plane, *candidates.region, values, thumbnails)
+            self._shown = (plane, drawn)
+            return
         plane.write(outline_layer.data, candidates.outlines)
-        plane.write(current.data, candidates.masks[candidates.chosen].view(np.uint8))
+        plane.write(current.data, chosen)
         # The layers keep their shape, so their extent (and the viewer's dims) stay as they are.
         for layer in drawn:
             layer.refresh(thumbnail=thumbnails, extent=False, highlight=False)
@@ -550,9 +700,10 @@ class Segmenter:
         """Choose candidate ``index`` (0, 1 or 2; keys 1/2/3)."""
         if self.candidates is None:
             raise PromptError("There are no candidates yet: add a point or a box first.")
-        if not 0 <= index < len(self.candidates.masks):
+        count = len(self.candidates.region_masks)
+        if not 0 <= index < count:
             raise PromptError(
-                f"There are {len(self.candidates.masks)} candidate(s); choose 1 to {len(self.candidates.masks)}."
+                f"There are {count} candidate(s); choose 1 to {count}."
             )
         if self.best_only and index != int(np.argmax(self.candidates.iou)):
             raise PromptError(
@@ -579,17 +730,22 @@ class Segmenter:
         if found is None:
             raise PromptError("Nothing to commit: add a point or a box first.")
         self._require_unchanged(found.plane, "choosing a candidate")
-        mask = clean_mask(found.masks[found.chosen], self.min_region_area)
         objects = _layers.objects_layer(self.viewer, found.plane.layer)
+        if found.region is None:
+            mask = clean_mask(found.region_masks[found.chosen], self.min_region_area)
+            taken = found.plane.read(objects.data)
+        else:
+            mask = clean_region(found.region_masks[found.chosen], found.region, found.plane.shape, self.min_region_area)
+            taken = found.plane.read(objects.data)[found.region]
         if not overwrite:
-            mask = mask & (found.plane.read(objects.data) == 0)
+            mask = mask & (taken == 0)
         if not mask.any():
             raise PromptError(
                 "The mask is empty or lies entirely on existing objects: nothing was committed "
                 "(tick 'overwrite' to paint over objects)."
             )
         new_id = int(objects.data.max()) + 1
-        objects.data_setitem(found.plane.indices(mask), new_id)
+        objects.data_setitem(found.plane.indices(mask, found.offset), new_id)
         objects.metadata.setdefault("samkit_objects", {})[new_id] = {
             "plane": found.plane.label,
             "model": self.model_name,
@@ -626,8 +782,11 @@ class Segmenter:
     # Grid mode.
 
     def grid_request(self) -> EmbedRequest:
-        """The plane in view for grid mode (GUI thread)."""
-        return self.embed_request()
+        """The plane in view for grid mode (GUI thread), read whole: grid mode does not tile."""
+        request = self.embed_request()
+        if request.tile_shape is None:
+            return request
+        return EmbedRequest(request.plane, request.plane.image(), request.contrast_limits, request.key)
 
     def compute_grid(
         self, request: EmbedRequest, params: dict[str, Any], progress: Progress | None = None, cancel: Any = None
@@ -728,7 +887,7 @@ class Segmenter:
                 if object_id in wanted:
                     seeds.setdefault(int(object_id), {})[z] = labels[z] == object_id
         layer = plane.layer
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        data = full_resolution(layer)
         return StackRequest(plane, plane.volume(data), _contrast_limits(layer), seeds, bool(layer.rgb))
 
     def compute_propagation(
@@ -773,9 +932,10 @@ class Segmenter:
         ``"auto"``: the 0.5 and 99.5 percentiles of the plane in view.
         """
         layer = self.image_layer
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        data = full_resolution(layer)
         if preset == "auto":
-            limits = auto_limits(self.plane().image())
+            plane = self.plane()
+            limits = auto_limits(plane.image() if plane.pixels <= SAMPLED_PIXELS else plane.sample())
         elif preset == "mr":
             limits = medical.mr_limits(np.asarray(data))
         else:
