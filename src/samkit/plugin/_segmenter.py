@@ -30,7 +30,7 @@ from ..automatic import (
 )
 from ..cache import EmbeddingCache
 from ..checkpoint import load_model
-from ..errors import FormatError, NoImageError, ParameterError, PromptError, SamkitError
+from ..errors import FormatError, ImageError, NoImageError, ParameterError, PromptError, SamkitError
 from ..model import Sam
 from ..predictor import FULL_MASK_PIXELS, Predictor
 from ..preprocess import percentile_limits
@@ -140,6 +140,24 @@ class GridResult:
     plane: Plane
     labels: np.ndarray
     table: dict[str, np.ndarray]
+
+
+def labels_table(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Grid mode's per-object table for a label image written tile by tile: areas and boxes from the
+    labels (the scores of the masks are not kept by a tiled run, so they are NaN)."""
+    from scipy import ndimage
+
+    area = np.bincount(labels.ravel(), minlength=1)[1:].astype(np.int64)
+    shown = np.flatnonzero(area)
+    boxes = ndimage.find_objects(labels)
+    bbox = np.array([[b[1].start, b[0].start, b[1].stop - b[1].start - 1, b[0].stop - b[0].start - 1]
+                     for b in (boxes[i] for i in shown)], dtype=np.float64).reshape(-1, 4)
+    nan = np.full(len(shown), np.nan)
+    return {
+        "label": (shown + 1).astype(np.int32), "area": area[shown], "mask_area": area[shown],
+        "bbox_x": bbox[:, 0], "bbox_y": bbox[:, 1], "bbox_w": bbox[:, 2], "bbox_h": bbox[:, 3],
+        "predicted_iou": nan, "stability_score": nan.copy(), "point_x": nan.copy(), "point_y": nan.copy(),
+    }
 
 
 def outline_bits(inside: np.ndarray) -> np.ndarray:
@@ -782,21 +800,36 @@ class Segmenter:
     # Grid mode.
 
     def grid_request(self) -> EmbedRequest:
-        """The plane in view for grid mode (GUI thread), read whole: grid mode does not tile."""
+        """The plane in view for grid mode (GUI thread). A tiled plane stays lazy and is segmented tile
+        by tile; its labels must fit an editable labels layer."""
         request = self.embed_request()
-        if request.tile_shape is None:
-            return request
-        return EmbedRequest(request.plane, request.plane.image(), request.contrast_limits, request.key)
+        if request.tile_shape is not None and max(request.plane.shape) > _layers.LABELS_MAX_SIDE:
+            rows, cols = request.plane.shape
+            raise ImageError(
+                f"{request.plane.layer.name!r} is {cols:,} x {rows:,} pixels: grid mode's labels layer cannot be "
+                f"longer than {_layers.LABELS_MAX_SIDE:,} pixels a side in napari. Run `samkit auto IMAGE -o "
+                "LABELS.zarr` for the whole image, or open a crop or pyramid level of at most that size."
+            )
+        return request
 
     def compute_grid(
         self, request: EmbedRequest, params: dict[str, Any], progress: Progress | None = None, cancel: Any = None
     ) -> GridResult:
-        """Grid mode on the plane of ``request`` (any thread); ``params`` are the generator's."""
-        generator = AutomaticMaskGenerator(self._require_model(), precision=self.precision, progress=progress, **params)
-        generator.predictor.cache = self.cache
-        records = generator.generate(request.pixels, cancel, contrast_limits=request.contrast_limits)
-        labels, table = masks_to_labels(records, request.plane.shape)
-        return GridResult(request.plane, labels, table)
+        """Grid mode on the plane of ``request`` (any thread); ``params`` are the generator's. A tiled
+        plane runs tile by tile (tiles embedded once, kept in the embedding cache)."""
+        model = self._require_model()
+        if request.tile_shape is None:
+            generator = AutomaticMaskGenerator(model, precision=self.precision, progress=progress, **params)
+            generator.predictor.cache = self.cache
+            records = generator.generate(request.pixels, cancel, contrast_limits=request.contrast_limits)
+            labels, table = masks_to_labels(records, request.plane.shape)
+            return GridResult(request.plane, labels, table)
+        generator = AutomaticMaskGenerator(
+            model, precision=self.precision, progress=progress, tile_shape=request.tile_shape,
+            cache=self.cache or None, **params,
+        )
+        labels = generator.generate_labels(request.pixels, cancel=cancel, contrast_limits=request.contrast_limits)
+        return GridResult(request.plane, labels, labels_table(labels))
 
     def show_grid(self, result: GridResult) -> Labels:
         """Write grid mode's labels into ``samkit: auto`` (the plane in view) with its table as features."""
