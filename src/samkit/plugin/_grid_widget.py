@@ -6,6 +6,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -162,7 +163,9 @@ class GridWidget(JobWidget):
             self.fail(str(error))
             return
         found = len(result.table["label"])
-        self.status.setText(f"Found {found} object(s): see '{layer.name}' (its features hold scores and areas).")
+        scored = not np.isnan(result.table["predicted_iou"]).all() if found else True
+        held = "scores and areas" if scored else "areas and boxes; a run tile by tile keeps no scores"
+        self.status.setText(f"Found {found} object(s): see '{layer.name}' (its features hold {held}).")
 
     def _finished(self) -> None:
         if self.job is not None and self.job.cancelled:
