@@ -37,17 +37,20 @@ def _channels_last(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
     return np.moveaxis(image, channel_axis, -1)
 
 
+def check_channels(channels: Sequence[int], n: int) -> list[int]:
+    """``channels`` as 1 to 3 indices of an image with ``n`` channels, or an ImageError."""
+    channels = list(channels)
+    if not 1 <= len(channels) <= 3 or any(
+        isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not -n <= c < n for c in channels
+    ):
+        raise ImageError(f"channels={channels} does not fit an image with {n} channels: give 1 to 3 indices below {n}.")
+    return channels
+
+
 def _pick_channels(image: np.ndarray, channels: Sequence[int] | None) -> np.ndarray:
     n = image.shape[-1]
     if channels is not None:
-        channels = list(channels)
-        if not 1 <= len(channels) <= 3 or any(
-            isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not -n <= c < n for c in channels
-        ):
-            raise ImageError(
-                f"channels={channels} does not fit an image with {n} channels: give 1 to 3 indices below {n}."
-            )
-        image = image[..., channels]
+        image = image[..., check_channels(channels, n)]
     elif n == 4 and image.dtype == np.uint8:
         image = image[..., :3]
     elif n > 3:

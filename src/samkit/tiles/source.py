@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageError, ParameterError
-from ..preprocess import DEFAULT_PERCENTILES, check_contrast_limits, percentile_limits, to_rgb_uint8
+from ..preprocess import (
+    DEFAULT_PERCENTILES,
+    check_channels,
+    check_contrast_limits,
+    percentile_limits,
+    to_rgb_uint8,
+)
 from .grid import Box
 
 # An image (or pyramid level) of at most this many pixels is sampled whole for its contrast limits.
@@ -110,14 +116,7 @@ def _layout(shape: tuple[int, ...], channel_axis: int | None, plane: Sequence[An
 def _pick(channels: Sequence[int] | None, n: int, dtype: np.dtype) -> tuple[int, ...] | None:
     """The channels ``to_rgb_uint8`` makes the RGB image of, chosen once (None: all of them)."""
     if channels is not None:
-        channels = list(channels)
-        if not 1 <= len(channels) <= 3 or any(
-            isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not -n <= c < n for c in channels
-        ):
-            raise ImageError(
-                f"channels={channels} does not fit an image with {n} channels: give 1 to 3 indices below {n}."
-            )
-        return tuple(int(c) % n for c in channels)
+        return tuple(int(c) % n for c in check_channels(channels, n))
     if n <= 3:
         return None
     if not (n == 4 and dtype in (np.uint8, np.bool_)):
