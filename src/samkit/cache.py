@@ -82,6 +82,10 @@ class EmbeddingCache:
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.folder / f"{key}.npy", self.folder / f"{key}.json"
 
+    def contains(self, key: str) -> bool:
+        """Whether an entry is stored under ``key`` (without reading it; ``get`` checks it)."""
+        return all(path.is_file() for path in self._paths(key))
+
     def get(self, key: str) -> CachedEmbedding | None:
         """The stored embedding, or None when absent or damaged (a damaged entry is removed)."""
         array_path, meta_path = self._paths(key)

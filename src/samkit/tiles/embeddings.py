@@ -117,16 +117,6 @@ class TileEmbeddings:
                 warnings.warn(f"{exc} Tiles are kept in memory only meanwhile.", stacklevel=4)
                 self._warned_disk = True
 
-    def is_stored(self, box: Box) -> bool:
-        """Whether the region's embedding is already in memory or in the store."""
-        if box in self._frames:
-            return True
-        index = None if self.provider is None else self._tile_index(box)
-        if index is not None and self.provider.computed(index):
-            return True
-        rgb = self._rgb(box)
-        return self.cache.get(self._key(box, rgb)) is not None
-
     def frame(self, box: Box, progress: Progress | None = None) -> Predictor:
         """A predictor set to the region ``box`` (its own pixel frame), from memory when recent."""
         if box in self._frames:
@@ -157,9 +147,7 @@ class TileEmbeddings:
         for tile in self.grid:
             if stop():
                 raise Cancelled(f"Embedding stopped after {tile.index} of {total} tiles; run it again to resume.")
-            if not self.is_stored(tile.outer):
-                self._require_storage(tile.outer)
-                computed += 1
+            computed += self._embed_unless_stored(tile.outer)
             if progress is not None:
                 progress(tile.index + 1, total)
         return computed
@@ -176,14 +164,17 @@ class TileEmbeddings:
                 "--cache-size GIB), larger tiles, or embed tiles on demand by prompting."
             )
 
-    def _require_storage(self, box: Box) -> None:
+    def _embed_unless_stored(self, box: Box) -> bool:
+        """Embed the region into the store unless it is there already (its pixels read once); whether it was."""
+        index = None if self.provider is None else self._tile_index(box)
+        if box in self._frames or (index is not None and self.provider.computed(index)):
+            return False
         rgb = self._rgb(box)
         key = self._key(box, rgb)
-        found = CachedEmbedding(*self.predictor.embed(rgb))
+        if self.cache.contains(key):
+            return False
         try:
-            self.cache.put(key, found)
+            self.cache.put(key, CachedEmbedding(*self.predictor.embed(rgb)))
         except SamkitError as exc:
-            raise SamkitError(
-                f"{exc} The tiles embedded so far are kept; run compute_all again to resume."
-            ) from exc
-
+            raise SamkitError(f"{exc} The tiles embedded so far are kept; run compute_all again to resume.") from exc
+        return True
